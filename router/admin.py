@@ -1,0 +1,48 @@
+"""The admin listener (aiohttp): /health, /ready and, with metrics, /metrics. Never behind the ALB rule.
+
+It runs on its own port so probes and scrapes never compete with proxied traffic for the data plane's
+listener, and so nothing on it is reachable through `/services/*`.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from router.proxy.server import ServerState
+from router.settings import Settings
+
+
+class AdminServer:
+    def __init__(self, settings: Settings, state: ServerState) -> None:
+        self._settings = settings
+        self._state = state
+        self._runner: web.AppRunner | None = None
+        self.port = settings.admin_port
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/ready", self._ready)
+        self._app = app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._settings.admin_host, self._settings.admin_port, reuse_address=True)
+        await site.start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _health(self, request: web.Request) -> web.Response:
+        if self._state.draining:
+            return web.json_response({"status": "draining"}, status=503)
+        return web.json_response({"status": "healthy"})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        """Ready once the resolver has answered (any answer, NXDOMAIN included) and the router is not draining."""
+        discovery = self._state.discovery
+        if self._state.draining:
+            return web.json_response({"status": "draining"}, status=503)
+        if not discovery.answered_once:
+            return web.json_response({"status": "waiting for the resolver"}, status=503)
+        return web.json_response({"status": "ready"})

@@ -1,0 +1,146 @@
+"""The running router: listener, discovery, shared state, the deadline tick, and graceful drain.
+
+`Router` is what tests start in-process and what `serve()` runs under uvloop with signal handling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+
+import uvloop
+
+from router import __version__
+from router.admin import AdminServer
+from router.discovery.resolver import DnsResolver
+from router.discovery.service import Discovery
+from router.logs import setup_logging
+from router.proxy.server import ClientConnection, ServerState
+from router.settings import Settings
+
+log = logging.getLogger("router")
+
+# The tick that checks deadlines and expires pooled connections runs this often: a quarter of the shortest
+# timeout keeps every timeout within 25 % of its setting, bounded so an idle router does not spin.
+MIN_TICK_S = 0.05
+MAX_TICK_S = 1.0
+LISTEN_BACKLOG = 4096
+
+
+def tick_interval(settings: Settings) -> float:
+    shortest = min(
+        settings.client_header_timeout_s, settings.client_body_timeout_s, settings.client_keepalive_timeout_s,
+        settings.upstream_header_timeout_s, settings.upstream_read_timeout_s, settings.upstream_idle_timeout_s,
+    )
+    return min(max(shortest / 4, MIN_TICK_S), MAX_TICK_S)
+
+
+class Router:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = settings.port
+        self.state: ServerState | None = None
+        self.admin: AdminServer | None = None
+        self._server: asyncio.Server | None = None
+        self._resolver: DnsResolver | None = None
+        self._discovery: Discovery | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._tick_s = tick_interval(settings)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        self._resolver = DnsResolver(settings.resolvers, timeout_s=settings.dns_timeout_s, tries=settings.dns_tries)
+        self._discovery = Discovery(settings, self._resolver.lookup_a, clock=loop.time)
+        state = ServerState(settings, self._discovery, loop)
+        self.state = state
+        self._server = await loop.create_server(
+            lambda: ClientConnection(state),
+            settings.host,
+            settings.port,
+            family=socket.AF_INET6 if ":" in settings.host else socket.AF_INET,
+            reuse_address=True,
+            backlog=LISTEN_BACKLOG,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        state.listen_port = str(self.port).encode()
+        self._schedule_tick()
+        if settings.admin_port:
+            self.admin = AdminServer(settings, state)
+            await self.admin.start()
+        log.info("router listening", extra={"port": self.port, "admin_port": settings.admin_port})
+
+    def _schedule_tick(self) -> None:
+        assert self.state is not None
+        self.state.tick()
+        self._ticker = self.state.loop.call_later(self._tick_s, self._schedule_tick)
+
+    async def drain(self) -> None:
+        """Graceful stop: /health says 503, keep serving for the drain delay, stop accepting, let requests finish."""
+        assert self.state is not None and self._server is not None
+        state = self.state
+        state.draining = True
+        log.info("draining", extra={"delay_s": self.settings.drain_delay_s, "timeout_s": self.settings.drain_timeout_s})
+        await asyncio.sleep(self.settings.drain_delay_s)
+        self._server.close()
+        state.close_idle_clients()
+        deadline = state.loop.time() + self.settings.drain_timeout_s
+        while (state.inflight > 0 or state.connections) and state.loop.time() < deadline:
+            state.close_idle_clients()
+            await asyncio.sleep(0.05)
+        log.info("drained", extra={"unfinished_requests": state.inflight})
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._server is not None:
+            self._server.close()
+        if self.state is not None:
+            for connection in list(self.state.connections):
+                connection.abort()
+            for upstream in self.state.pool.drain_addresses():
+                upstream.close()
+        if self.admin is not None:
+            await self.admin.stop()
+        if self._discovery is not None:
+            await self._discovery.close()
+        if self._resolver is not None:
+            await self._resolver.close()
+        await asyncio.sleep(0)
+
+
+async def run(settings: Settings) -> int:
+    router = Router(settings)
+    await router.start()
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("signal received, draining", extra={"signal": signal.Signals(signum).name})
+            stop_requested.set()
+        else:  # a second signal: the operator wants out now
+            log.warning("second signal, exiting at once", extra={"signal": signal.Signals(signum).name})
+            os._exit(1)  # a raise would only reach the loop's exception handler
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await stop_requested.wait()
+    drain = asyncio.create_task(router.drain())
+    with contextlib.suppress(asyncio.CancelledError):
+        await drain
+    await router.stop()
+    return 0
+
+
+def serve(settings: Settings) -> int:
+    setup_logging(settings.log_level, settings.log_format)
+    log.info("starting", extra={"settings": settings.summary(), "version": __version__})
+    return uvloop.run(run(settings))

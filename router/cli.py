@@ -1,0 +1,31 @@
+"""The `whaleray-router` command: `serve` (the default) runs the router, `demo` runs the loopback demo.
+
+Exit codes: 0 after a clean drain, 2 for bad settings, 1 when a second signal cuts the drain short.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from router.settings import SettingsError, load_settings
+
+USAGE_ERROR = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "demo":
+        from router.demo.run import main as demo_main
+
+        return demo_main(args[1:])
+    if args and args[0] == "serve":
+        args = args[1:]
+    try:
+        settings = load_settings(args)
+    except SettingsError as error:
+        print(f"whaleray-router: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    from router.app import serve
+
+    return serve(settings)

@@ -1,0 +1,1 @@
+"""Discovery: `<deploymentId>.<namespace>` to backend addresses, cached, bounded and checked."""

@@ -1,0 +1,133 @@
+"""The DNS answer cache: TTL, negative, stale and refresh-ahead decisions. Sans-IO.
+
+Nothing here awaits or reads a clock: every method takes `now`, so a test drives it with plain numbers.
+
+- Positive answers live for their TTL clamped to [min_ttl, max_ttl]. A name used after 80 % of its TTL is due
+  for a background refresh, so a busy deployment never waits for DNS on the request path.
+- Negative answers (NXDOMAIN, no records, every address forbidden) live for `negative_ttl`, so a flood of
+  unknown ids does not become a flood of queries.
+- When the resolver fails, a positive answer keeps serving up to `stale_ttl` past its expiry (RFC 8767); it is
+  retried at most every `stale_retry_s` meanwhile, so a dead resolver is not hammered by every request.
+- The cache holds at most `max_entries` names and evicts the least recently used, so random ids cannot grow
+  memory without bound.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from enum import Enum
+
+Address = tuple[str, int]
+
+REFRESH_AHEAD_FRACTION = 0.8
+
+
+class EntryKind(Enum):
+    POSITIVE = "positive"
+    NEGATIVE = "negative"
+    FORBIDDEN = "forbidden"
+
+
+class Entry:
+    """One cached answer. `stale` is True while it serves past its TTL because the resolver fails."""
+
+    __slots__ = ("name", "kind", "addresses", "expires_at", "refresh_at", "stale_until", "stale", "refreshing", "cursor")
+
+    def __init__(self, name: str, kind: EntryKind, addresses: tuple[Address, ...], expires_at: float) -> None:
+        self.name = name
+        self.kind = kind
+        self.addresses = addresses
+        self.expires_at = expires_at
+        self.refresh_at = expires_at
+        self.stale_until = expires_at
+        self.stale = False
+        self.refreshing = False
+        self.cursor = 0  # round-robin position, used by the balancer
+
+    def __repr__(self) -> str:
+        addresses = ",".join(f"{host}:{port}" for host, port in self.addresses)
+        flags = " stale" if self.stale else ""
+        return f"<Entry {self.name} {self.kind.value} [{addresses}] expires_at={self.expires_at:.3f}{flags}>"
+
+
+class DnsCache:
+    def __init__(
+        self,
+        *,
+        min_ttl_s: float,
+        max_ttl_s: float,
+        negative_ttl_s: float,
+        stale_ttl_s: float,
+        max_entries: int,
+        stale_retry_s: float = 5.0,
+    ) -> None:
+        self.min_ttl_s = min_ttl_s
+        self.max_ttl_s = max_ttl_s
+        self.negative_ttl_s = negative_ttl_s
+        self.stale_ttl_s = stale_ttl_s
+        self.stale_retry_s = stale_retry_s
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def fresh(self, name: str, now: float) -> Entry | None:
+        """The entry for `name` if it may answer now without a query (positive, negative or stale-retrying)."""
+        entry = self._entries.get(name)
+        if entry is None or now >= entry.expires_at:
+            return None
+        self._entries.move_to_end(name)
+        return entry
+
+    def needs_refresh(self, entry: Entry, now: float) -> bool:
+        """A positive entry in use past its refresh point, with no refresh under way."""
+        return entry.kind is EntryKind.POSITIVE and now >= entry.refresh_at and not entry.refreshing
+
+    def store(self, name: str, addresses: tuple[Address, ...], ttl_s: float, now: float) -> Entry:
+        ttl = min(max(ttl_s, self.min_ttl_s), self.max_ttl_s)
+        entry = Entry(name, EntryKind.POSITIVE, addresses, now + ttl)
+        entry.refresh_at = now + ttl * REFRESH_AHEAD_FRACTION
+        entry.stale_until = now + ttl + self.stale_ttl_s
+        return self._put(entry)
+
+    def store_negative(self, name: str, now: float, kind: EntryKind = EntryKind.NEGATIVE) -> Entry:
+        entry = Entry(name, kind, (), now + self.negative_ttl_s)
+        if self.negative_ttl_s <= 0:
+            self._entries.pop(name, None)
+            return entry
+        return self._put(entry)
+
+    def serve_stale(self, name: str, now: float) -> Entry | None:
+        """After a resolver failure: the last positive answer, if still within its stale window.
+
+        It is made fresh again for `stale_retry_s` (bounded by the stale window), so the requests of the next
+        few seconds use it without another query and one refresh retries the resolver after that.
+        """
+        entry = self._entries.get(name)
+        if entry is None or entry.kind is not EntryKind.POSITIVE or now >= entry.stale_until:
+            return None
+        entry.stale = True
+        entry.refreshing = False
+        entry.expires_at = min(now + self.stale_retry_s, entry.stale_until)
+        entry.refresh_at = entry.expires_at
+        self._entries.move_to_end(name)
+        return entry
+
+    def known(self, name: str) -> bool:
+        """Whether `name` has (or had, within the stale window) a positive answer: a real deployment."""
+        entry = self._entries.get(name)
+        return entry is not None and entry.kind is EntryKind.POSITIVE
+
+    def _put(self, entry: Entry) -> Entry:
+        self._entries[entry.name] = entry
+        self._entries.move_to_end(entry.name)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return entry
+
+    def addresses_in_use(self) -> set[Address]:
+        return {address for entry in self._entries.values() for address in entry.addresses}
+
+    def __repr__(self) -> str:
+        return f"<DnsCache [Entries: {len(self._entries)}/{self.max_entries}]>"

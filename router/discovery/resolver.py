@@ -1,0 +1,67 @@
+"""The one module that imports aiodns: A-record lookups against the configured resolvers.
+
+aiodns 4 deprecates `query()` for `query_dns()` (pycares 5 results); that churn stays in this file. c-ares
+tries the resolvers in the configured order, moving to the next one on a timeout, SERVFAIL or REFUSED, and
+makes at most `tries` rounds, each query waiting `timeout_s`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiodns
+import pycares
+
+from router.settings import Resolver
+
+Address = tuple[str, int]
+
+# c-ares status codes that mean "the name has no A records", as opposed to "could not get an answer".
+_NOT_FOUND_STATUSES = frozenset({pycares.errno.ARES_ENOTFOUND, pycares.errno.ARES_ENODATA})
+
+
+class NameNotFound(Exception):
+    """NXDOMAIN, or the name exists without A records: the deployment does not exist (now)."""
+
+
+class ResolverFailure(Exception):
+    """No usable answer: timeouts, SERVFAIL, REFUSED, unreachable resolvers."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    hosts: tuple[str, ...]
+    ttl_s: float
+
+
+def _nameserver(resolver: Resolver) -> str:
+    host = f"[{resolver.host}]" if ":" in resolver.host else resolver.host
+    return f"{host}:{resolver.port}"
+
+
+class DnsResolver:
+    def __init__(self, resolvers: Sequence[Resolver], *, timeout_s: float, tries: int) -> None:
+        self._resolver = aiodns.DNSResolver(
+            nameservers=[_nameserver(resolver) for resolver in resolvers],
+            timeout=timeout_s,
+            tries=tries,
+            rotate=False,
+        )
+
+    async def lookup_a(self, name: str) -> Answer:
+        try:
+            result = await self._resolver.query_dns(name, "A")
+        except aiodns.error.DNSError as error:
+            status = error.args[0] if error.args else None
+            if status in _NOT_FOUND_STATUSES:
+                raise NameNotFound(name) from None
+            raise ResolverFailure(f"{name}: {error.args[-1] if error.args else error}") from None
+        records = [record for record in result.answer if record.type == pycares.QUERY_TYPE_A]
+        if not records:
+            raise NameNotFound(name)
+        hosts = tuple(sorted({record.data.addr for record in records}))
+        return Answer(hosts, float(min(record.ttl for record in records)))
+
+    async def close(self) -> None:
+        await self._resolver.close()

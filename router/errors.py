@@ -1,0 +1,83 @@
+"""The one table of the router's error codes, and the exceptions that carry them.
+
+Every error a client can see has a stable machine-readable `code`, an HTTP status and a human message here;
+nothing else in the router invents a status or a message. Bodies never carry internals (addresses, exception
+text): those go to the logs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from http import HTTPStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorKind:
+    code: str
+    status: int
+    message: str
+
+
+_KINDS = (
+    ErrorKind("not_found", 404, "Not found. Use /services/{deploymentId}/... format"),
+    ErrorKind("invalid_deployment_id", 400, "Invalid deployment id: use 1-63 letters, digits or '-'"),
+    ErrorKind("bad_request", 400, "Malformed request"),
+    ErrorKind("method_not_allowed", 405, "Method not allowed"),
+    ErrorKind("request_timeout", 408, "Request not received in time"),
+    ErrorKind("body_too_large", 413, "Request body too large"),
+    ErrorKind("headers_too_large", 431, "Request header fields too large"),
+    ErrorKind("internal_error", 500, "Internal router error"),
+    ErrorKind("deployment_not_found", 502, "Service unavailable or deployment not found"),
+    ErrorKind("upstream_unavailable", 502, "Service unavailable"),
+    ErrorKind("upstream_bad_response", 502, "Service sent an invalid response"),
+    ErrorKind("upstream_forbidden", 502, "Service address not allowed"),
+    ErrorKind("resolver_unavailable", 503, "Service discovery unavailable"),
+    ErrorKind("resolver_busy", 503, "Service discovery busy, retry shortly"),
+    ErrorKind("upstream_timeout", 504, "Service did not answer in time"),
+)
+
+ERRORS: dict[str, ErrorKind] = {kind.code: kind for kind in _KINDS}
+
+
+class RouterError(Exception):
+    """An error a client sees: `code` is a key of ERRORS; `detail` is for the log only."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(code, detail)
+        self.kind = ERRORS[code]
+        self.detail = detail
+
+    @property
+    def code(self) -> str:
+        return self.kind.code
+
+
+class DeploymentNotFound(RouterError):
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("deployment_not_found", detail)
+
+
+class ResolverUnavailable(RouterError):
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("resolver_unavailable", detail)
+
+
+class UpstreamForbidden(RouterError):
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("upstream_forbidden", detail)
+
+
+def reason_phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Unknown"
+
+
+def error_body(kind: ErrorKind, request_id: str, deployment: str | None = None) -> bytes:
+    body: dict[str, str] = {"error": kind.message, "code": kind.code}
+    if deployment is not None:
+        body["deployment"] = deployment
+    body["request_id"] = request_id
+    return json.dumps(body, separators=(",", ":")).encode()

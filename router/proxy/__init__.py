@@ -1,0 +1,1 @@
+"""The data plane: client protocol, routing, header rules, upstream protocol and connection pool."""
