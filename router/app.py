@@ -33,8 +33,12 @@ LISTEN_BACKLOG = 4096
 
 def tick_interval(settings: Settings) -> float:
     shortest = min(
-        settings.client_header_timeout_s, settings.client_body_timeout_s, settings.client_keepalive_timeout_s,
-        settings.upstream_header_timeout_s, settings.upstream_read_timeout_s, settings.upstream_idle_timeout_s,
+        settings.client_header_timeout_s,
+        settings.client_body_timeout_s,
+        settings.client_keepalive_timeout_s,
+        settings.upstream_header_timeout_s,
+        settings.upstream_read_timeout_s,
+        settings.upstream_idle_timeout_s,
     )
     return min(max(shortest / 4, MIN_TICK_S), MAX_TICK_S)
 
@@ -81,7 +85,8 @@ class Router:
 
     async def drain(self) -> None:
         """Graceful stop: /health says 503, keep serving for the drain delay, stop accepting, let requests finish."""
-        assert self.state is not None and self._server is not None
+        assert self.state is not None
+        assert self._server is not None
         state = self.state
         state.draining = True
         log.info("draining", extra={"delay_s": self.settings.drain_delay_s, "timeout_s": self.settings.drain_timeout_s})

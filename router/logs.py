@@ -32,7 +32,8 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(
-            f"{key}={value}" for key, value in record.__dict__.items()
+            f"{key}={value}"
+            for key, value in record.__dict__.items()
             if key not in _STANDARD_FIELDS and not key.startswith("_")
         )
         text = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname:<7} {record.name}: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -102,14 +103,14 @@ def _positive_int(text: str) -> int:
 
 def _seconds(text: str) -> float:
     value = float(text.removesuffix("s"))
-    if not value > 0 or value != value or value == float("inf"):
+    if not 0 < value < math.inf:  # also refuses NaN
         raise ValueError("must be a positive number of seconds")
     return value
 
 
 def _seconds_or_zero(text: str) -> float:
     value = float(text.removesuffix("s"))
-    if value < 0 or value != value or value == float("inf"):
+    if not 0 <= value < math.inf:  # also refuses NaN
         raise ValueError("must be zero or a positive number of seconds")
     return value
 
@@ -211,15 +212,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("admin_host", "--admin-host", str, "0.0.0.0", "Address of the admin listener (/health, /ready, /metrics)."),
     Option("admin_port", "--admin-port", _port, "9901", "Port of the admin listener; 0 turns it off."),
     Option(
-        "resolvers", "--resolver", _resolvers, default_resolvers,
+        "resolvers",
+        "--resolver",
+        _resolvers,
+        default_resolvers,
         "DNS resolver IP[:PORT]; repeat the flag (or comma-separate the variable) for several, tried in order. "
         "In AWS: 169.254.169.253 (default: the nameservers of /etc/resolv.conf).",
         repeatable=True,
     ),
-    Option("namespace", "--namespace", _namespace, "whaleray.local", "Cloud Map namespace: <id>.<namespace> is resolved."),
+    Option(
+        "namespace", "--namespace", _namespace, "whaleray.local", "Cloud Map namespace: <id>.<namespace> is resolved."
+    ),
     Option("upstream_port", "--upstream-port", _port, "3000", "Port of every deployment's backend."),
     Option(
-        "upstream_allow_cidrs", "--upstream-allow-cidr", _cidrs, DEFAULT_ALLOW_CIDRS,
+        "upstream_allow_cidrs",
+        "--upstream-allow-cidr",
+        _cidrs,
+        DEFAULT_ALLOW_CIDRS,
         "Networks a resolved address may be in (comma-separated or repeated); others answer 502 "
         "upstream_forbidden. Loopback is refused unless listed.",
         repeatable=True,
@@ -229,55 +238,98 @@ OPTIONS: tuple[Option, ...] = (
     Option("dns_min_ttl_s", "--dns-min-ttl", _seconds, "5", "Shortest time an answer is cached, whatever its TTL."),
     Option("dns_max_ttl_s", "--dns-max-ttl", _seconds, "60", "Longest time an answer is cached, whatever its TTL."),
     Option(
-        "dns_negative_ttl_s", "--dns-negative-ttl", _seconds_or_zero, "5",
+        "dns_negative_ttl_s",
+        "--dns-negative-ttl",
+        _seconds_or_zero,
+        "5",
         "Seconds an unknown deployment (NXDOMAIN or no records) is remembered as unknown.",
     ),
     Option(
-        "dns_stale_ttl_s", "--dns-stale-ttl", _seconds_or_zero, "300",
+        "dns_stale_ttl_s",
+        "--dns-stale-ttl",
+        _seconds_or_zero,
+        "300",
         "Seconds past expiry an answer keeps serving while the resolver is failing.",
     ),
     Option("dns_cache_size", "--dns-cache-size", _positive_int, "10000", "Names the DNS cache holds (LRU)."),
     Option(
-        "client_header_timeout_s", "--client-header-timeout", _seconds, "30",
+        "client_header_timeout_s",
+        "--client-header-timeout",
+        _seconds,
+        "30",
         "Seconds a client has to send a whole request head (slowloris guard); 408 after.",
     ),
     Option(
-        "client_body_timeout_s", "--client-body-timeout", _seconds, "60",
+        "client_body_timeout_s",
+        "--client-body-timeout",
+        _seconds,
+        "60",
         "Seconds a client may pause while sending a request body.",
     ),
     Option(
-        "client_keepalive_timeout_s", "--client-keepalive-timeout", _seconds, "75",
+        "client_keepalive_timeout_s",
+        "--client-keepalive-timeout",
+        _seconds,
+        "75",
         "Seconds an idle client connection is kept; above the ALB's 60 s so the router never closes first.",
     ),
-    Option("upstream_connect_timeout_s", "--upstream-connect-timeout", _seconds, "5", "Seconds to connect to a backend; 504 after."),
     Option(
-        "upstream_header_timeout_s", "--upstream-header-timeout", _seconds, "60",
+        "upstream_connect_timeout_s",
+        "--upstream-connect-timeout",
+        _seconds,
+        "5",
+        "Seconds to connect to a backend; 504 after.",
+    ),
+    Option(
+        "upstream_header_timeout_s",
+        "--upstream-header-timeout",
+        _seconds,
+        "60",
         "Seconds from sending a request to the backend's response head; 504 after.",
     ),
     Option(
-        "upstream_read_timeout_s", "--upstream-read-timeout", _seconds, "60",
+        "upstream_read_timeout_s",
+        "--upstream-read-timeout",
+        _seconds,
+        "60",
         "Seconds a backend may pause while sending a response body; the response is cut after.",
     ),
     Option(
-        "upstream_idle_timeout_s", "--upstream-idle-timeout", _seconds, "4",
-        "Seconds a pooled backend connection stays idle; below Node.js's 5 s keep-alive so the backend never closes first.",
+        "upstream_idle_timeout_s",
+        "--upstream-idle-timeout",
+        _seconds,
+        "4",
+        "Seconds a pooled backend connection stays idle; below Node.js's 5 s keep-alive, "
+        "so the backend never closes a connection the router is about to reuse.",
     ),
     Option(
-        "upstream_max_idle_per_address", "--upstream-max-idle", _positive_int, "128",
+        "upstream_max_idle_per_address",
+        "--upstream-max-idle",
+        _positive_int,
+        "128",
         "Idle pooled connections kept per backend address.",
     ),
     Option("max_header_bytes", "--max-header-size", _bytes, "32k", "Largest request line plus headers; 431 above."),
     Option("max_header_count", "--max-header-count", _positive_int, "100", "Most request header lines; 431 above."),
     Option(
-        "max_body_bytes", "--max-body-size", _bytes, "0",
+        "max_body_bytes",
+        "--max-body-size",
+        _bytes,
+        "0",
         "Largest request body; 413 above. 0 means no limit (bodies are streamed, so memory stays bounded).",
     ),
     Option(
-        "drain_delay_s", "--drain-delay", _seconds_or_zero, "5",
+        "drain_delay_s",
+        "--drain-delay",
+        _seconds_or_zero,
+        "5",
         "On SIGTERM, seconds the listener keeps accepting while /health says 503 so the ALB stops routing.",
     ),
     Option(
-        "drain_timeout_s", "--drain-timeout", _seconds, "20",
+        "drain_timeout_s",
+        "--drain-timeout",
+        _seconds,
+        "20",
         "On SIGTERM, seconds in-flight requests get to finish after the listener closes (keep below ECS stopTimeout).",
     ),
     Option("log_level", "--log-level", _log_level, "info", "debug, info, warning or error."),

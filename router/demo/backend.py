@@ -15,14 +15,16 @@ from aiohttp import WSMsgType, web
 def make_app(name: str) -> web.Application:
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
-        return web.json_response({
-            "backend": name,
-            "method": request.method,
-            "path": request.raw_path.split("?", 1)[0],
-            "query": request.query_string,
-            "body_bytes": len(body),
-            "headers": {key: value for key, value in request.headers.items()},
-        })
+        return web.json_response(
+            {
+                "backend": name,
+                "method": request.method,
+                "path": request.raw_path.split("?", 1)[0],
+                "query": request.query_string,
+                "body_bytes": len(body),
+                "headers": {key: value for key, value in request.headers.items()},
+            }
+        )
 
     async def stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})

@@ -136,4 +136,5 @@ class DemoDnsServer(asyncio.DatagramProtocol):
                 self.srv_records[name] = ([*targets, target], record.ttl)
 
     def __repr__(self) -> str:
-        return f"<DemoDnsServer {self.zone} on {self.host}:{self.port} [Names: {len(self.a_records)} | Queries: {self.query_count()}]>"
+        counts = f"Names: {len(self.a_records) + len(self.srv_records)} | Queries: {self.query_count()}"
+        return f"<DemoDnsServer {self.zone} on {self.host}:{self.port} [{counts}]>"

@@ -28,20 +28,22 @@ DEPLOYMENTS = {"hello": ["127.0.0.2"], "api": ["127.0.0.3"], "multi": ["127.0.0.
 
 def try_these(port: int, admin_port: int) -> str:
     base = f"http://127.0.0.1:{port}"
-    return "\n".join([
-        "WhaleRay Router demo is up. Try:",
-        f"  curl -s {base}/services/hello/api/users?page=2        # routed to hello-backend",
-        f"  curl -s {base}/services/api/orders/42                 # routed to api-backend",
-        f"  for i in 1 2 3 4; do curl -s {base}/services/multi/; echo; done   # spread over two backends",
-        f"  curl -s '{base}/services/hello/a%2Fb'                 # %2F reaches the backend undecoded",
-        f"  curl -si {base}/services/hello                        # 308 to /services/hello/",
-        f"  curl -si {base}/nope                                  # 404",
-        f"  curl -si {base}/services/bad_id/                      # 400 invalid_deployment_id",
-        f"  curl -si {base}/services/ghost/                       # 502 deployment_not_found",
-        f"  curl -sN {base}/services/hello/stream                 # server-sent events, as they come",
-        f"  curl -s  {base}/health   and   http://127.0.0.1:{admin_port}/ready",
-        "Ctrl-C stops everything.",
-    ])
+    return "\n".join(
+        [
+            "WhaleRay Router demo is up. Try:",
+            f"  curl -s {base}/services/hello/api/users?page=2        # routed to hello-backend",
+            f"  curl -s {base}/services/api/orders/42                 # routed to api-backend",
+            f"  for i in 1 2 3 4; do curl -s {base}/services/multi/; echo; done   # spread over two backends",
+            f"  curl -s '{base}/services/hello/a%2Fb'                 # %2F reaches the backend undecoded",
+            f"  curl -si {base}/services/hello                        # 308 to /services/hello/",
+            f"  curl -si {base}/nope                                  # 404",
+            f"  curl -si {base}/services/bad_id/                      # 400 invalid_deployment_id",
+            f"  curl -si {base}/services/ghost/                       # 502 deployment_not_found",
+            f"  curl -sN {base}/services/hello/stream                 # server-sent events, as they come",
+            f"  curl -s  {base}/health   and   http://127.0.0.1:{admin_port}/ready",
+            "Ctrl-C stops everything.",
+        ]
+    )
 
 
 async def run_demo(dns_port: int, port: int, admin_port: int) -> None:
@@ -50,11 +52,27 @@ async def run_demo(dns_port: int, port: int, admin_port: int) -> None:
         dns.set_a(deployment, addresses)
     await dns.start("127.0.0.1", dns_port)
     runners = [await start_backend(name, host, 3000) for host, name in BACKENDS.items()]
-    settings = load_settings([
-        "--host", "127.0.0.1", "--port", str(port), "--admin-host", "127.0.0.1", "--admin-port", str(admin_port),
-        "--resolver", f"127.0.0.1:{dns_port}", "--upstream-allow-cidr", "127.0.0.0/8", "--drain-delay", "0",
-        "--log-format", "text",
-    ], environ={})
+    settings = load_settings(
+        [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--admin-host",
+            "127.0.0.1",
+            "--admin-port",
+            str(admin_port),
+            "--resolver",
+            f"127.0.0.1:{dns_port}",
+            "--upstream-allow-cidr",
+            "127.0.0.0/8",
+            "--drain-delay",
+            "0",
+            "--log-format",
+            "text",
+        ],
+        environ={},
+    )
     router = Router(settings)
     await router.start()
     print(try_these(router.port, admin_port), flush=True)
@@ -72,8 +90,9 @@ async def run_demo(dns_port: int, port: int, admin_port: int) -> None:
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(prog="whaleray-router demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="whaleray-router demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dns-port", type=int, default=8053)
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--admin-port", type=int, default=9901)

@@ -58,7 +58,7 @@ class Balancer:
         """Eject `address`; returns for how many seconds."""
         previous = self._ejected.get(address)
         failures = 1 if previous is None else previous.failures + 1
-        duration = min(self.base_ejection_s * 2 ** (failures - 1), self.max_ejection_s)
+        duration = min(self.base_ejection_s * 2.0 ** (failures - 1), self.max_ejection_s)
         if len(self._ejected) > _PRUNE_ABOVE:
             self._ejected = {key: value for key, value in self._ejected.items() if value.until > now}
         self._ejected[address] = Ejection(now + duration, failures)

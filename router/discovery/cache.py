@@ -31,7 +31,17 @@ class EntryKind(Enum):
 class Entry:
     """One cached answer. `stale` is True while it serves past its TTL because the resolver fails."""
 
-    __slots__ = ("name", "kind", "addresses", "expires_at", "refresh_at", "stale_until", "stale", "refreshing", "cursor")
+    __slots__ = (
+        "name",
+        "kind",
+        "addresses",
+        "expires_at",
+        "refresh_at",
+        "stale_until",
+        "stale",
+        "refreshing",
+        "cursor",
+    )
 
     def __init__(self, name: str, kind: EntryKind, addresses: tuple[Address, ...], expires_at: float) -> None:
         self.name = name

@@ -57,10 +57,10 @@ class DnsResolver:
             if status in _NOT_FOUND_STATUSES:
                 raise NameNotFound(name) from None
             raise ResolverFailure(f"{name}: {error.args[-1] if error.args else error}") from None
-        records = [record for record in result.answer if record.type == pycares.QUERY_TYPE_A]
+        records = [record for record in result.answer if isinstance(record.data, pycares.ARecordData)]
         if not records:
             raise NameNotFound(name)
-        hosts = tuple(sorted({record.data.addr for record in records}))
+        hosts = tuple(sorted({record.data.addr for record in records if isinstance(record.data, pycares.ARecordData)}))
         return Answer(hosts, float(min(record.ttl for record in records)))
 
     async def close(self) -> None:

@@ -112,12 +112,19 @@ def upstream_head(method: bytes, target: bytes, info: RequestHeaders, context: F
         parts += (name, b": ", value, b"\r\n")
     forwarded_for = context.peer_ip if info.forwarded_for is None else info.forwarded_for + b", " + context.peer_ip
     parts += (
-        b"X-Forwarded-For: ", forwarded_for,
-        b"\r\nX-Forwarded-Proto: ", info.forwarded_proto or b"http",
-        b"\r\nX-Forwarded-Port: ", info.forwarded_port or context.listen_port,
-        b"\r\nX-Forwarded-Prefix: /services/", context.deployment,
-        b"\r\nX-Real-IP: ", context.peer_ip,
-        b"\r\nX-Request-Id: ", context.request_id, b"\r\n",
+        b"X-Forwarded-For: ",
+        forwarded_for,
+        b"\r\nX-Forwarded-Proto: ",
+        info.forwarded_proto or b"http",
+        b"\r\nX-Forwarded-Port: ",
+        info.forwarded_port or context.listen_port,
+        b"\r\nX-Forwarded-Prefix: /services/",
+        context.deployment,
+        b"\r\nX-Real-IP: ",
+        context.peer_ip,
+        b"\r\nX-Request-Id: ",
+        context.request_id,
+        b"\r\n",
     )
     if info.host is None:  # HTTP/1.0 without Host: HTTP/1.1 upstream requires one
         parts += (b"Host: ", context.deployment, b"\r\n")

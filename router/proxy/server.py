@@ -125,11 +125,39 @@ class Exchange:
     """One request and its response, from the client's head to the last response byte."""
 
     __slots__ = (
-        "conn", "state", "target", "headers", "method", "http_minor", "keep_alive", "info", "error", "request_id",
-        "deployment", "upstream_target", "body_expected", "body_complete", "body_received", "pending",
-        "pending_bytes", "upstream", "address", "reused", "retried", "replay", "replay_bytes", "response_started",
-        "response_chunked", "response_until_close", "close_after", "finished", "task", "upstream_deadline",
-        "head_done", "tunnel", "continue_sent",
+        "conn",
+        "state",
+        "target",
+        "headers",
+        "method",
+        "http_minor",
+        "keep_alive",
+        "info",
+        "error",
+        "request_id",
+        "deployment",
+        "upstream_target",
+        "body_expected",
+        "body_complete",
+        "body_received",
+        "pending",
+        "pending_bytes",
+        "upstream",
+        "address",
+        "reused",
+        "retried",
+        "replay",
+        "replay_bytes",
+        "response_started",
+        "response_chunked",
+        "response_until_close",
+        "close_after",
+        "finished",
+        "task",
+        "upstream_deadline",
+        "head_done",
+        "tunnel",
+        "continue_sent",
     )
 
     def __init__(self, conn: ClientConnection) -> None:
@@ -285,8 +313,12 @@ class Exchange:
                 duration = state.balancer.failed(address, state.loop.time())
                 log.warning(
                     "upstream connect failed",
-                    extra={"deployment": self.deployment, "upstream": f"{address[0]}:{address[1]}",
-                           "detail": str(error), "ejected_s": duration},
+                    extra={
+                        "deployment": self.deployment,
+                        "upstream": f"{address[0]}:{address[1]}",
+                        "detail": str(error),
+                        "ejected_s": duration,
+                    },
                 )
                 avoid, address = address, None
                 continue
@@ -307,7 +339,9 @@ class Exchange:
         if self.replay is not None:  # a retry: send again what the stale connection swallowed
             parts = self.replay + self.pending
         else:
-            context = ForwardContext(self.conn.peer_ip, self.state.listen_port, self.deployment.encode(), self.request_id)
+            context = ForwardContext(
+                self.conn.peer_ip, self.state.listen_port, self.deployment.encode(), self.request_id
+            )
             parts = [upstream_head(self.method, self.upstream_target, self.info, context), *self.pending]
         sent = sum(len(part) for part in parts)
         self.replay = parts if reused and sent <= MAX_REPLAY else None
@@ -392,9 +426,11 @@ class Exchange:
             self._switch_protocols(status_line, info)
             return
         keep = self.keep_alive and not self.close_after and not self.state.draining and self.body_complete
-        no_body = self.method == b"HEAD" or status == 204 or status == 304
+        no_body = self.method == b"HEAD" or status in {204, 304}
         if no_body:
-            framing = b"" if info.content_length is None or status == 204 else b"Content-Length: %d\r\n" % info.content_length
+            framing = (
+                b"" if info.content_length is None or status == 204 else b"Content-Length: %d\r\n" % info.content_length
+            )
         elif info.content_length is not None and not info.chunked:
             framing = b"Content-Length: %d\r\n" % info.content_length
         else:
@@ -480,7 +516,10 @@ class Exchange:
 
     def _may_retry(self, upstream: UpstreamConnection) -> bool:
         return (
-            self.reused and not self.retried and not upstream.received_any and self.replay is not None
+            self.reused
+            and not self.retried
+            and not upstream.received_any
+            and self.replay is not None
             and self.method in IDEMPOTENT_METHODS
         )
 
@@ -518,8 +557,10 @@ class Exchange:
         else:
             body = error_body(kind, self.request_id.decode())
         if kind.status >= 500 or kind.status == 408:
-            log.info("request failed", extra={"code": code, "deployment": self.deployment,
-                                              "request_id": self.request_id.decode()})
+            log.info(
+                "request failed",
+                extra={"code": code, "deployment": self.deployment, "request_id": self.request_id.decode()},
+            )
         self.conn.respond_local(self, kind.status, body)
 
     def abandon(self) -> None:
@@ -593,7 +634,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._on_upgrade_request(data[upgrade.args[0]:])
+            self._on_upgrade_request(data[upgrade.args[0] :])
             return
         except httptools.HttpParserCallbackError:
             self._on_parse_error(self._head_error or "bad_request")
@@ -601,7 +642,11 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._on_parse_error("bad_request")
             return
-        if self._parsing is not None and not self._parsing.head_done and self._head_pending > self.state.settings.max_header_bytes:
+        if (
+            self._parsing is not None
+            and not self._parsing.head_done
+            and self._head_pending > self.state.settings.max_header_bytes
+        ):
             self._on_parse_error("headers_too_large")
 
     def pause_writing(self) -> None:
@@ -648,7 +693,8 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         exchange = self._parsing
-        assert exchange is not None and self._parser is not None
+        assert exchange is not None
+        assert self._parser is not None
         self._head_pending = 0
         exchange.complete_head(self._parser)
         if exchange.body_expected and exchange.error is None:
@@ -672,6 +718,9 @@ class ClientConnection(asyncio.Protocol):
             self._deadline = 0.0
         if exchange is not None:
             exchange.on_request_complete()
+        if self._active is None and not self._queue and not self._closing:
+            # Answered inside its own parser callback (health, errors): idle from here on.
+            self._set_deadline("idle", self.state.settings.client_keepalive_timeout_s)
 
     # --- the pipeline ----------------------------------------------------------------------------------------
 
@@ -768,13 +817,21 @@ class ClientConnection(asyncio.Protocol):
         if exchange.response_started:
             self.abort()
             return
-        close = (
-            exchange.close_after or not exchange.keep_alive or self.state.draining or not exchange.body_complete
-        )
+        close = exchange.close_after or not exchange.keep_alive or self.state.draining or not exchange.body_complete
         exchange.close_after = close
-        connection = b"Connection: close\r\n" if close else (b"" if exchange.http_minor else b"Connection: keep-alive\r\n")
-        head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nX-Request-Id: %s\r\n%s%s\r\n" % (
-            status, reason_phrase(status), len(body), exchange.request_id or b"-", extra, connection,
+        connection = (
+            b"Connection: close\r\n" if close else (b"" if exchange.http_minor else b"Connection: keep-alive\r\n")
+        )
+        head = (
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nX-Request-Id: %s\r\n%s%s\r\n"
+            % (
+                status,
+                reason_phrase(status),
+                len(body),
+                exchange.request_id or b"-",
+                extra,
+                connection,
+            )
         )
         exchange.response_started = True
         exchange._drop_upstream()
@@ -805,7 +862,12 @@ class ClientConnection(asyncio.Protocol):
 
     def check_deadlines(self, now: float) -> None:
         active = self._active
-        if active is not None and active.upstream_deadline and now >= active.upstream_deadline and not self.write_paused:
+        if (
+            active is not None
+            and active.upstream_deadline
+            and now >= active.upstream_deadline
+            and not self.write_paused
+        ):
             active.upstream_timed_out()
         if not self._deadline or now < self._deadline or self._paused:
             return
@@ -853,5 +915,5 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
     def __repr__(self) -> str:
-        return f"<ClientConnection {self.peer_ip.decode()} [Active: {self._active is not None} | Queued: {len(self._queue)}]>"
-
+        active = self._active is not None
+        return f"<ClientConnection {self.peer_ip.decode()} [Active: {active} | Queued: {len(self._queue)}]>"

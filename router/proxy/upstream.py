@@ -31,8 +31,20 @@ class UpstreamConnection(asyncio.Protocol):
     """A backend connection; `sink` is set while an exchange borrows it and None while idle in the pool."""
 
     __slots__ = (
-        "address", "transport", "sink", "requests_served", "_parser", "_reason", "_headers", "_status",
-        "_skip_body", "_replace_parser", "_tunnel", "_received_any", "_on_idle_lost", "_closed",
+        "address",
+        "transport",
+        "sink",
+        "requests_served",
+        "_parser",
+        "_reason",
+        "_headers",
+        "_status",
+        "_skip_body",
+        "_replace_parser",
+        "_tunnel",
+        "_received_any",
+        "_on_idle_lost",
+        "_closed",
     )
 
     def __init__(self, address: Address, on_idle_lost: Callable[[UpstreamConnection], None]) -> None:
@@ -109,7 +121,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._tunnel = True
-            rest = data[upgrade.args[0]:]
+            rest = data[upgrade.args[0] :]
             if rest and self.sink is not None:
                 self.sink.on_tunnel_data(rest)
         except httptools.HttpParserError:

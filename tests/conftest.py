@@ -1,0 +1,293 @@
+"""Shared fixtures: a real DNS server, real backends and the real router, all on 127.0.0.0/8.
+
+Nothing is mocked that can run for real on loopback. Every address a test record points at is a loopback
+address, even in tests of the allow-list (those use loopback addresses outside the allowed range).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+import uvloop
+from aiohttp import web
+
+from router.app import Router
+from router.demo.backend import make_app
+from router.demo.dns import DemoDnsServer
+from router.settings import Settings, load_settings
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], object]]:
+    """Every async test runs on uvloop, the loop the router runs on in production."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+async def dns() -> AsyncIterator[DemoDnsServer]:
+    server = DemoDnsServer("whaleray.local", ttl=30)
+    await server.start("127.0.0.1", 0)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def upstream_port() -> int:
+    """One port for every backend of a test, as in production (`--upstream-port`), free on 127.0.0.1."""
+    return free_port()
+
+
+@dataclass
+class Backend:
+    host: str
+    port: int
+    runner: web.AppRunner
+    connections: set[object] = field(default_factory=set)
+    requests: int = 0
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.connections)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+BackendFactory = Callable[..., Awaitable[Backend]]
+
+
+@pytest.fixture
+async def backend(upstream_port: int) -> AsyncIterator[BackendFactory]:
+    """Start an aiohttp backend on `host:upstream_port` that counts the TCP connections it accepted."""
+    started: list[Backend] = []
+
+    async def start(host: str, app: web.Application | None = None, name: str | None = None) -> Backend:
+        app = app if app is not None else make_app(name or host)
+        holder: list[Backend] = []
+
+        @web.middleware
+        async def count(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            holder[0].connections.add(request.transport)
+            holder[0].requests += 1
+            return await handler(request)
+
+        app.middlewares.append(count)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        await web.TCPSite(runner, host, upstream_port, reuse_address=True).start()
+        instance = Backend(host, upstream_port, runner)
+        holder.append(instance)
+        started.append(instance)
+        return instance
+
+    yield start
+    for instance in started:
+        await instance.stop()
+
+
+RouterFactory = Callable[..., Awaitable[Router]]
+
+
+def router_settings(
+    dns: DemoDnsServer, upstream_port: int, *extra: str, resolvers: list[str] | None = None
+) -> Settings:
+    resolver_flags: list[str] = []
+    for resolver in resolvers or [f"127.0.0.1:{dns.port}"]:
+        resolver_flags += ["--resolver", resolver]
+    # Loopback is allowed for tests unless a test sets its own (narrower) list.
+    allow = [] if "--upstream-allow-cidr" in extra else ["--upstream-allow-cidr", "127.0.0.0/8"]
+    return load_settings(
+        [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+            *resolver_flags,
+            *allow,
+            "--upstream-port",
+            str(upstream_port),
+            "--dns-timeout",
+            "0.3",
+            "--dns-tries",
+            "1",
+            "--drain-delay",
+            "0",
+            *extra,
+        ],
+        environ={},
+    )
+
+
+@pytest.fixture
+async def make_router(dns: DemoDnsServer, upstream_port: int) -> AsyncIterator[RouterFactory]:
+    routers: list[Router] = []
+
+    async def start(*extra: str, resolvers: list[str] | None = None) -> Router:
+        router = Router(router_settings(dns, upstream_port, *extra, resolvers=resolvers))
+        await router.start()
+        routers.append(router)
+        return router
+
+    yield start
+    for router in routers:
+        await router.stop()
+
+
+@pytest.fixture
+async def router(make_router: RouterFactory) -> Router:
+    return await make_router()
+
+
+# --- raw HTTP over a socket: for what an HTTP client library would refuse to send ------------------------
+
+
+async def raw_request(port: int, data: bytes, *, wait_s: float = 5.0, host: str = "127.0.0.1") -> bytes:
+    """Send `data` and read until the router closes the connection (or `wait_s` passes)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        chunks: list[bytes] = []
+        async with asyncio.timeout(wait_s):
+            while chunk := await reader.read(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        writer.close()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """Read one Content-Length or chunked response from a raw connection."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        parts = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            parts.append(await reader.readexactly(size + 2))
+            if size == 0:
+                break
+        body = b"".join(part[:-2] for part in parts)
+    else:
+        body = b""
+    return status, headers, body
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+# --- a raw backend: records request heads byte for byte (aiohttp would normalise what it shows) ----------
+
+
+@dataclass
+class RawBackend:
+    """Answers every request `200 ok` with keep-alive, and keeps each request head exactly as received."""
+
+    heads: list[bytes] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    connections: int = 0
+    server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                lower = head.lower()
+                body = b""
+                if b"content-length:" in lower:
+                    length = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
+                    body = await reader.readexactly(length)
+                elif b"transfer-encoding: chunked" in lower:
+                    while True:
+                        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                        body += (await reader.readexactly(size + 2))[:-2]
+                        if size == 0:
+                            break
+                self.bodies.append(body)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def request_line(self, index: int = -1) -> bytes:
+        return self.heads[index].split(b"\r\n", 1)[0]
+
+    def header_lines(self, index: int = -1) -> list[bytes]:
+        return self.heads[index].split(b"\r\n")[1:-2]
+
+
+RawBackendFactory = Callable[[str], Awaitable[RawBackend]]
+
+
+@pytest.fixture
+async def raw_backend(upstream_port: int) -> AsyncIterator[RawBackendFactory]:
+    started: list[RawBackend] = []
+
+    async def start(host: str) -> RawBackend:
+        instance = RawBackend()
+        instance.server = await asyncio.start_server(instance.handle, host, upstream_port, reuse_address=True)
+        started.append(instance)
+        return instance
+
+    yield start
+    for instance in started:
+        assert instance.server is not None
+        instance.server.close()
+
+
+# --- scripted backends: a coroutine per connection, for responses no framework would send ----------------
+
+ConnectionScript = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+ScriptedFactory = Callable[[str, ConnectionScript], Awaitable[asyncio.Server]]
+
+
+@pytest.fixture
+async def scripted_backend(upstream_port: int) -> AsyncIterator[ScriptedFactory]:
+    servers: list[asyncio.Server] = []
+
+    async def start(host: str, script: ConnectionScript) -> asyncio.Server:
+        async def guarded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await script(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(guarded, host, upstream_port, reuse_address=True)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+async def open_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
