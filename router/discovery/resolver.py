@@ -3,6 +3,13 @@
 aiodns 4 deprecates `query()` for `query_dns()` (pycares 5 results); that churn stays in this file. c-ares
 tries the resolvers in the configured order, moving to the next one on a timeout, SERVFAIL or REFUSED, and
 makes at most `tries` rounds, each query waiting `timeout_s`.
+
+Each lookup uses a channel of its own. Since 1.31 c-ares caches every answer in its channel for up to an
+hour (NXDOMAIN included, and it hands cached answers back with their original TTL), and pycares 5 offers no
+way to turn that off (`qcache_max_ttl`). A long-lived channel would override `--dns-max-ttl` and
+`--dns-negative-ttl`: a replaced backend or a new deployment would stay invisible for as long as c-ares
+liked. The router's own cache (discovery/cache.py) is the only cache; a channel costs about 0.25 ms of CPU
+per query, and queries happen only on misses and refreshes.
 """
 
 from __future__ import annotations
@@ -42,21 +49,26 @@ def _nameserver(resolver: Resolver) -> str:
 
 class DnsResolver:
     def __init__(self, resolvers: Sequence[Resolver], *, timeout_s: float, tries: int) -> None:
-        self._resolver = aiodns.DNSResolver(
-            nameservers=[_nameserver(resolver) for resolver in resolvers],
-            timeout=timeout_s,
-            tries=tries,
-            rotate=False,
-        )
+        self._nameservers = [_nameserver(resolver) for resolver in resolvers]
+        self._timeout_s = timeout_s
+        self._tries = tries
+        self._open: set[aiodns.DNSResolver] = set()
 
     async def lookup_a(self, name: str) -> Answer:
+        channel = aiodns.DNSResolver(
+            nameservers=self._nameservers, timeout=self._timeout_s, tries=self._tries, rotate=False
+        )
+        self._open.add(channel)
         try:
-            result = await self._resolver.query_dns(name, "A")
+            result = await channel.query_dns(name, "A")
         except aiodns.error.DNSError as error:
             status = error.args[0] if error.args else None
             if status in _NOT_FOUND_STATUSES:
                 raise NameNotFound(name) from None
             raise ResolverFailure(f"{name}: {error.args[-1] if error.args else error}") from None
+        finally:
+            self._open.discard(channel)
+            await channel.close()
         records = [record for record in result.answer if isinstance(record.data, pycares.ARecordData)]
         if not records:
             raise NameNotFound(name)
@@ -64,4 +76,5 @@ class DnsResolver:
         return Answer(hosts, float(min(record.ttl for record in records)))
 
     async def close(self) -> None:
-        await self._resolver.close()
+        for channel in list(self._open):
+            await channel.close()

@@ -71,6 +71,10 @@ class Discovery:
 
     async def resolve(self, deployment: str) -> Entry:
         """Look `deployment` up; raises ResolverUnavailable when there is no answer and nothing stale."""
+        # A caller decides "miss" before its task runs; by then another query may have filled the cache.
+        entry = self.cache.fresh(deployment, self._clock())
+        if entry is not None:
+            return entry
         future = self._inflight.get(deployment) or self._query(deployment)
         outcome = await asyncio.shield(future)
         if isinstance(outcome, ResolverUnavailable):

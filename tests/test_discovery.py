@@ -1,0 +1,133 @@
+"""Discovery against a real DNS server on loopback that counts its queries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+
+from router.app import Router
+from router.demo.dns import DemoDnsServer
+from tests.conftest import BackendFactory, RouterFactory, free_port
+
+
+async def get(router: Router, path: str) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{router.port}{path}") as response:
+        return response.status, json.loads(await response.read())
+
+
+async def test_answer_is_cached_for_its_ttl(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    router = await make_router("--dns-min-ttl", "0.1")
+    dns.set_a("hello", ["127.0.0.2"], ttl=1)
+    await backend("127.0.0.2")
+    for _ in range(5):
+        assert (await get(router, "/services/hello/"))[0] == 200
+    assert dns.query_count("hello") == 1
+    await asyncio.sleep(1.2)
+    assert (await get(router, "/services/hello/"))[0] == 200
+    assert dns.query_count("hello") == 2
+
+
+async def test_long_ttl_is_clamped_to_the_maximum(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    router = await make_router("--dns-min-ttl", "0.1", "--dns-max-ttl", "0.4")
+    dns.set_a("hello", ["127.0.0.2"], ttl=3600)
+    await backend("127.0.0.2")
+    assert (await get(router, "/services/hello/"))[0] == 200
+    await asyncio.sleep(0.6)
+    assert (await get(router, "/services/hello/"))[0] == 200
+    assert dns.query_count("hello") == 2
+
+
+async def test_concurrent_misses_share_one_query(router: Router, dns: DemoDnsServer, backend: BackendFactory) -> None:
+    dns.set_a("hello", ["127.0.0.2"])
+    await backend("127.0.0.2")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one() -> int:
+            async with session.get(f"http://127.0.0.1:{router.port}/services/hello/") as response:
+                await response.read()
+                return response.status
+
+        statuses = await asyncio.gather(*(one() for _ in range(200)))
+    assert statuses == [200] * 200
+    assert dns.query_count("hello") == 1
+
+
+async def test_unknown_deployment_is_remembered(router: Router, dns: DemoDnsServer) -> None:
+    for _ in range(5):
+        status, body = await get(router, "/services/ghost/")
+        assert (status, body["code"]) == (502, "deployment_not_found")
+    assert dns.query_count("ghost") == 1
+
+
+async def test_stale_answer_serves_while_the_resolver_is_silent(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    router = await make_router("--dns-min-ttl", "0.1")
+    dns.set_a("hello", ["127.0.0.2"], ttl=1)
+    await backend("127.0.0.2")
+    assert (await get(router, "/services/hello/"))[0] == 200
+    dns.silent = True
+    await asyncio.sleep(1.2)
+    assert (await get(router, "/services/hello/"))[0] == 200  # served stale
+    status, body = await get(router, "/services/never-seen/")
+    assert (status, body["code"]) == (503, "resolver_unavailable")
+    assert router.state is not None
+    assert router.state.discovery.stats.stale_served >= 1
+
+
+async def test_second_resolver_answers_when_the_first_is_dead(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    dead = free_port(kind=2)
+    router = await make_router(resolvers=[f"127.0.0.1:{dead}", f"127.0.0.1:{dns.port}"])
+    dns.set_a("hello", ["127.0.0.2"])
+    await backend("127.0.0.2")
+    assert (await get(router, "/services/hello/"))[0] == 200
+
+
+async def test_servfail_from_the_first_resolver_moves_to_the_second(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    failing = DemoDnsServer()
+    await failing.start("127.0.0.1", 0)
+    try:
+        failing.servfail.add("hello.whaleray.local")
+        router = await make_router(resolvers=[f"127.0.0.1:{failing.port}", f"127.0.0.1:{dns.port}"])
+        dns.set_a("hello", ["127.0.0.2"])
+        await backend("127.0.0.2")
+        assert (await get(router, "/services/hello/"))[0] == 200
+        assert failing.query_count("hello") == 1
+    finally:
+        failing.close()
+
+
+async def test_new_address_takes_over_after_the_ttl(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    router = await make_router("--dns-min-ttl", "0.1")
+    dns.set_a("hello", ["127.0.0.2"], ttl=1)
+    await backend("127.0.0.2", name="old")
+    await backend("127.0.0.3", name="new")
+    assert (await get(router, "/services/hello/"))[1]["backend"] == "old"
+    dns.set_a("hello", ["127.0.0.3"], ttl=1)
+    await asyncio.sleep(1.2)
+    assert (await get(router, "/services/hello/"))[1]["backend"] == "new"
+
+
+async def test_new_deployment_is_found_once_the_negative_ttl_passes(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    # Regression: c-ares caches NXDOMAIN in its channel for the SOA's TTL, whatever --dns-negative-ttl says.
+    router = await make_router("--dns-negative-ttl", "0.2")
+    await backend("127.0.0.2")
+    assert (await get(router, "/services/fresh/"))[0] == 502
+    dns.set_a("fresh", ["127.0.0.2"], ttl=3600)
+    await asyncio.sleep(0.4)
+    assert (await get(router, "/services/fresh/"))[0] == 200
+    assert dns.query_count("fresh") == 2

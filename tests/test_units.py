@@ -1,0 +1,270 @@
+"""Unit tests of the pure and sans-IO parts: route, headers, pool, cache, balancer. Plain values, fake clocks."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from router.discovery.balancer import Balancer
+from router.discovery.cache import DnsCache, EntryKind
+from router.discovery.service import address_allowed
+from router.proxy.headers import ForwardContext, HeaderError, analyse_request, analyse_response, upstream_head
+from router.proxy.pool import ConnectionPool
+from router.proxy.route import RouteKind, parse_target
+from router.settings import _cidrs
+
+# --- route ---------------------------------------------------------------------------------------------------
+
+LABEL = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", fullmatch=True)
+TARGET_BYTES = st.binary(max_size=200).filter(lambda raw: b" " not in raw)
+
+
+@given(LABEL, TARGET_BYTES)
+def test_any_valid_id_routes_and_keeps_the_rest_byte_for_byte(deployment: str, rest: bytes) -> None:
+    route = parse_target(b"/services/" + deployment.encode() + b"/" + rest)
+    assert route.kind is RouteKind.PROXY
+    assert route.deployment == deployment.lower()
+    assert route.target == b"/" + rest
+
+
+@given(st.binary(max_size=80))
+def test_parse_never_fails_and_only_routes_labels(raw_id: bytes) -> None:
+    route = parse_target(b"/services/" + raw_id + b"/x")
+    if route.kind is RouteKind.PROXY:
+        assert route.deployment is not None
+        assert 1 <= len(route.deployment) <= 63
+        assert all(ch.isalnum() or ch == "-" for ch in route.deployment)
+        assert route.deployment.isascii()
+        assert "." not in route.deployment
+
+
+def test_redirect_keeps_the_query() -> None:
+    route = parse_target(b"/services/Abc?x=1")
+    assert (route.kind, route.deployment, route.target) == (RouteKind.REDIRECT, "abc", b"/services/Abc/?x=1")
+
+
+# --- headers -------------------------------------------------------------------------------------------------
+
+CONTEXT = ForwardContext(b"10.0.0.9", b"8080", b"dep", b"rid")
+
+
+def test_upstream_head_sets_forwarding_headers_once() -> None:
+    info = analyse_request([(b"Host", b"h"), (b"X-Forwarded-Prefix", b"/evil"), (b"X-Real-IP", b"1.1.1.1")], 1)
+    head = upstream_head(b"GET", b"/p?q", info, CONTEXT)
+    assert head.startswith(b"GET /p?q HTTP/1.1\r\nHost: h\r\n")
+    assert head.count(b"X-Forwarded-Prefix") == 1
+    assert b"X-Forwarded-Prefix: /services/dep\r\n" in head
+    assert b"X-Real-IP: 10.0.0.9\r\n" in head
+    assert head.endswith(b"\r\n\r\n")
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,20}", fullmatch=True),
+            st.from_regex(r"[ -~]{0,30}", fullmatch=True).map(str.strip),
+        ),
+        max_size=12,
+    )
+)
+def test_serialised_head_has_one_line_per_header_and_no_hop_by_hop(headers: list[tuple[str, str]]) -> None:
+    raw = [(b"Host", b"h")] + [(name.encode(), value.encode()) for name, value in headers]
+    try:
+        info = analyse_request(raw, 1)
+    except (HeaderError, ValueError):
+        return
+    head = upstream_head(b"GET", b"/", info, CONTEXT)
+    lines = head.split(b"\r\n")
+    assert lines[-2:] == [b"", b""]
+    names = [line.split(b":", 1)[0].lower() for line in lines[1:-2]]
+    for hop in (b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"):
+        assert hop not in names
+    assert not any(name.startswith(b"proxy-") for name in names)
+    assert names.count(b"x-request-id") == 1
+    assert all(b"\n" not in line and b"\r" not in line for line in lines)
+
+
+def test_transfer_encoding_on_http_1_0_is_refused() -> None:
+    with pytest.raises(HeaderError):
+        analyse_request([(b"Transfer-Encoding", b"chunked")], 0)
+
+
+def test_connection_cannot_strip_host() -> None:
+    info = analyse_request([(b"Host", b"h"), (b"Connection", b"host, x-a"), (b"X-A", b"1")], 1)
+    assert info.forwarded == [(b"Host", b"h")]
+
+
+def test_response_headers_named_by_connection_are_dropped() -> None:
+    info = analyse_response([(b"Connection", b"X-A"), (b"X-A", b"1"), (b"X-B", b"2"), (b"Content-Length", b"3")])
+    assert info.forwarded == [b"X-B: 2\r\n"]
+    assert info.content_length == 3
+
+
+# --- pool ------------------------------------------------------------------------------------------------------
+
+
+class FakeConnection:
+    def __init__(self, name: str, usable: bool = True) -> None:
+        self.name = name
+        self.usable = usable
+
+    def is_usable(self) -> bool:
+        return self.usable
+
+
+ADDRESS = ("10.0.0.1", 3000)
+
+
+def test_pool_reuses_the_most_recent_and_expires_the_oldest() -> None:
+    pool: ConnectionPool[FakeConnection] = ConnectionPool(idle_timeout_s=4, max_idle_per_address=8)
+    first, second = FakeConnection("a"), FakeConnection("b")
+    pool.release(ADDRESS, first, now=0)
+    pool.release(ADDRESS, second, now=1)
+    assert pool.acquire(ADDRESS, now=2) is second
+    pool.release(ADDRESS, second, now=3)
+    assert pool.expire(now=4.5) == [first]
+    assert repr(pool) == "<ConnectionPool [Idle: 1 on 1 addresses]>"
+    assert pool.acquire(ADDRESS, now=7.5) is None  # idle 4.5 s: too old to lend
+    assert pool.idle_count() == 0
+
+
+def test_pool_skips_dead_connections_and_caps_each_address() -> None:
+    pool: ConnectionPool[FakeConnection] = ConnectionPool(idle_timeout_s=4, max_idle_per_address=2)
+    dead, live = FakeConnection("dead", usable=False), FakeConnection("live")
+    pool.release(ADDRESS, live, now=0)
+    pool.release(ADDRESS, dead, now=0)
+    assert pool.acquire(ADDRESS, now=1) is live
+    for name in "xyz":
+        surplus = pool.release(ADDRESS, FakeConnection(name), now=1)
+    assert surplus is not None
+    assert surplus.name == "x"
+    assert pool.idle_count(ADDRESS) == 2
+
+
+def test_pool_discard_and_drain() -> None:
+    pool: ConnectionPool[FakeConnection] = ConnectionPool(idle_timeout_s=4, max_idle_per_address=8)
+    one, other = FakeConnection("1"), FakeConnection("2")
+    pool.release(ADDRESS, one, now=0)
+    pool.release(("10.0.0.2", 3000), other, now=0)
+    pool.discard(ADDRESS, one)
+    assert pool.idle_count(ADDRESS) == 0
+    assert pool.drain_addresses(keep={ADDRESS}) == [other]
+
+
+# --- cache -------------------------------------------------------------------------------------------------------
+
+
+def make_cache(**overrides: float) -> DnsCache:
+    values: dict[str, float] = {
+        "min_ttl_s": 5,
+        "max_ttl_s": 60,
+        "negative_ttl_s": 5,
+        "stale_ttl_s": 300,
+        "max_entries": 3,
+        "stale_retry_s": 5,
+    }
+    values.update(overrides)
+    return DnsCache(
+        min_ttl_s=values["min_ttl_s"],
+        max_ttl_s=values["max_ttl_s"],
+        negative_ttl_s=values["negative_ttl_s"],
+        stale_ttl_s=values["stale_ttl_s"],
+        max_entries=int(values["max_entries"]),
+        stale_retry_s=values["stale_retry_s"],
+    )
+
+
+def test_ttl_is_clamped() -> None:
+    cache = make_cache()
+    cache.store("short", (ADDRESS,), ttl_s=1, now=100)
+    cache.store("long", (ADDRESS,), ttl_s=86400, now=100)
+    assert cache.fresh("short", 104.9) is not None
+    assert cache.fresh("short", 105) is None
+    assert cache.fresh("long", 159.9) is not None
+    assert cache.fresh("long", 160) is None
+
+
+def test_refresh_is_due_at_80_percent_of_the_ttl() -> None:
+    cache = make_cache()
+    entry = cache.store("a", (ADDRESS,), ttl_s=10, now=0)
+    assert not cache.needs_refresh(entry, 7.9)
+    assert cache.needs_refresh(entry, 8.0)
+    entry.refreshing = True
+    assert not cache.needs_refresh(entry, 9)
+
+
+def test_negative_entries_and_stale_serving() -> None:
+    cache = make_cache()
+    assert cache.store_negative("ghost", now=0).kind is EntryKind.NEGATIVE
+    assert cache.fresh("ghost", 4.9) is not None
+    assert cache.serve_stale("ghost", 10) is None  # a negative answer is never served stale
+    cache.store("real", (ADDRESS,), ttl_s=10, now=0)
+    stale = cache.serve_stale("real", 20)
+    assert stale is not None
+    assert stale.stale
+    assert cache.fresh("real", 24.9) is stale  # reused for stale_retry_s without another query
+    assert cache.serve_stale("real", 311) is None  # past expiry + stale_ttl
+
+
+def test_cache_is_bounded_lru() -> None:
+    cache = make_cache(max_entries=3)
+    for name in "abc":
+        cache.store(name, (ADDRESS,), ttl_s=10, now=0)
+    assert cache.fresh("a", 1) is not None  # a is now the most recently used
+    cache.store("d", (ADDRESS,), ttl_s=10, now=1)
+    assert len(cache) == 3
+    assert cache.fresh("b", 1) is None
+    assert repr(cache) == "<DnsCache [Entries: 3/3]>"
+
+
+# --- balancer ----------------------------------------------------------------------------------------------
+
+
+class Candidates:
+    def __init__(self, *hosts: str) -> None:
+        self.addresses = tuple((host, 3000) for host in hosts)
+        self.cursor = 0
+
+
+def test_round_robin_and_growing_ejection() -> None:
+    balancer = Balancer(base_ejection_s=1, max_ejection_s=4)
+    entry = Candidates("a", "b", "c")
+    assert [balancer.pick(entry, 0)[0] for _ in range(4)] == ["a", "b", "c", "a"]
+    assert balancer.failed(("b", 3000), now=0) == 1
+    assert balancer.failed(("b", 3000), now=0) == 2
+    assert balancer.failed(("b", 3000), now=0) == 4
+    assert balancer.failed(("b", 3000), now=0) == 4
+    assert "b" not in {balancer.pick(entry, 1)[0] for _ in range(6)}
+    assert "b" in {balancer.pick(entry, 4.5)[0] for _ in range(6)}  # back on its own
+    balancer.succeeded(("b", 3000))
+    assert repr(balancer) == "<Balancer [Ejected: 0]>"
+
+
+def test_all_ejected_still_gives_an_address() -> None:
+    balancer = Balancer()
+    entry = Candidates("a", "b")
+    balancer.failed(("a", 3000), now=0)
+    balancer.failed(("b", 3000), now=0)
+    balancer.failed(("b", 3000), now=0)
+    assert balancer.pick(entry, 0.5) == ("a", 3000)  # the one that comes back first
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("10.1.2.3", True),
+        ("172.16.0.1", True),
+        ("172.31.255.255", True),
+        ("192.168.1.1", True),
+        ("127.0.0.1", False),
+        ("169.254.169.254", False),
+        ("169.254.169.253", False),
+        ("8.8.8.8", False),
+        ("172.32.0.1", False),
+        ("0.0.0.0", False),
+        ("not-an-ip", False),
+    ],
+)
+def test_default_allow_list(host: str, allowed: bool) -> None:
+    assert address_allowed(host, _cidrs("10.0.0.0/8,172.16.0.0/12,192.168.0.0/16")) is allowed
