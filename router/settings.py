@@ -200,16 +200,17 @@ class Option:
     default: str | Callable[[], str]
     help: str
     repeatable: bool = False
+    env_name: str = ""  # when the variable is not the flag's name (a repeatable flag's variable is plural)
 
     @property
     def env(self) -> str:
-        return ENV_PREFIX + self.flag.removeprefix("--").replace("-", "_").upper()
+        return self.env_name or ENV_PREFIX + self.flag.removeprefix("--").replace("-", "_").upper()
 
 
 OPTIONS: tuple[Option, ...] = (
     Option("host", "--host", str, "0.0.0.0", "Address the proxy listener binds."),
     Option("port", "--port", _port, "8080", "Port of the proxy listener (the ALB's target port)."),
-    Option("admin_host", "--admin-host", str, "0.0.0.0", "Address of the admin listener (/health, /ready, /metrics)."),
+    Option("admin_host", "--admin-host", str, "0.0.0.0", "Address of the admin listener (/health, /ready)."),
     Option("admin_port", "--admin-port", _port, "9901", "Port of the admin listener; 0 turns it off."),
     Option(
         "resolvers",
@@ -219,6 +220,7 @@ OPTIONS: tuple[Option, ...] = (
         "DNS resolver IP[:PORT]; repeat the flag (or comma-separate the variable) for several, tried in order. "
         "In AWS: 169.254.169.253 (default: the nameservers of /etc/resolv.conf).",
         repeatable=True,
+        env_name="WHALERAY_RESOLVERS",
     ),
     Option(
         "namespace", "--namespace", _namespace, "whaleray.local", "Cloud Map namespace: <id>.<namespace> is resolved."
@@ -232,6 +234,7 @@ OPTIONS: tuple[Option, ...] = (
         "Networks a resolved address may be in (comma-separated or repeated); others answer 502 "
         "upstream_forbidden. Loopback is refused unless listed.",
         repeatable=True,
+        env_name="WHALERAY_UPSTREAM_ALLOW_CIDRS",
     ),
     Option("dns_timeout_s", "--dns-timeout", _seconds, "1.0", "Seconds one DNS query may take before the next try."),
     Option("dns_tries", "--dns-tries", _positive_int, "2", "Tries per DNS lookup across the resolvers."),

@@ -7,7 +7,9 @@ address, even in tests of the allow-list (those use loopback addresses outside t
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -291,3 +293,90 @@ async def scripted_backend(upstream_port: int) -> AsyncIterator[ScriptedFactory]
 
 async def open_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection("127.0.0.1", port)
+
+
+# --- the real `whaleray-router` process ----------------------------------------------------------------------
+
+
+@dataclass
+class RouterProcess:
+    process: asyncio.subprocess.Process
+    port: int
+    admin_port: int
+
+    def peak_rss_bytes(self) -> int:
+        """VmHWM: the most resident memory the process ever had."""
+        with open(f"/proc/{self.process.pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM")
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.process.pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+
+async def wait_for_port(port: int, deadline_s: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if loop.time() > end:
+                raise
+            await asyncio.sleep(0.05)
+        else:
+            writer.close()
+            return
+
+
+@pytest.fixture
+async def router_process(
+    dns: DemoDnsServer, upstream_port: int
+) -> AsyncIterator[Callable[..., Awaitable[RouterProcess]]]:
+    started: list[RouterProcess] = []
+
+    async def start(*extra: str) -> RouterProcess:
+        port, admin_port = free_port(), free_port()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "router",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--admin-host",
+            "127.0.0.1",
+            "--admin-port",
+            str(admin_port),
+            "--resolver",
+            f"127.0.0.1:{dns.port}",
+            "--upstream-allow-cidr",
+            "127.0.0.0/8",
+            "--upstream-port",
+            str(upstream_port),
+            "--dns-timeout",
+            "0.3",
+            "--dns-tries",
+            "1",
+            *extra,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={key: value for key, value in os.environ.items() if not key.startswith("WHALERAY_")},
+        )
+        instance = RouterProcess(process, port, admin_port)
+        started.append(instance)
+        await wait_for_port(port)
+        return instance
+
+    yield start
+    for instance in started:
+        if instance.process.returncode is None:
+            instance.process.kill()
+            await instance.process.wait()

@@ -1,0 +1,150 @@
+"""The real `whaleray-router` process: --help, exit codes, SIGTERM, and memory bounded while streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from router.demo.dns import DemoDnsServer
+from router.settings import OPTIONS
+from tests.conftest import BackendFactory, RouterProcess, read_response
+
+MiB = 1 << 20
+StartRouter = Callable[..., Awaitable[RouterProcess]]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {key: value for key, value in os.environ.items() if not key.startswith("WHALERAY_")}
+    command = [sys.executable, "-m", "router", *args]
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=30, env={**base, **(env or {})})
+
+
+def test_help_documents_every_option_with_its_variable_and_default() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    for option in OPTIONS:
+        assert option.flag in text
+        assert option.env in text
+        if isinstance(option.default, str):
+            assert f"default {option.default}" in text
+
+
+def test_bad_value_exits_2_naming_the_setting() -> None:
+    result = run_cli("--port", "99999")
+    assert result.returncode == 2
+    assert "--port='99999': must be 0-65535" in result.stderr
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    result = run_cli(env={"WHALERAY_UPSTREAM_CONNECT_TIMEOUT": "soon"})
+    assert result.returncode == 2
+    assert "WHALERAY_UPSTREAM_CONNECT_TIMEOUT='soon'" in result.stderr
+
+
+def test_unknown_whaleray_variable_is_an_error() -> None:
+    result = run_cli(env={"WHALERAY_UPSTREAM_PRT": "3000"})
+    assert result.returncode == 2
+    assert "WHALERAY_UPSTREAM_PRT" in result.stderr
+
+
+async def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(
+    router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.0)
+        return web.Response(text="finished")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    dns.set_a("hello", ["127.0.0.2"])
+    await backend("127.0.0.2", app=app)
+    router = await router_process("--drain-delay", "0.2", "--drain-timeout", "5")
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+    writer.write(b"GET /services/hello/slow HTTP/1.1\r\nHost: h\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.3)  # the request is at the backend
+    router.process.send_signal(signal.SIGTERM)
+    status, headers, body = await asyncio.wait_for(read_response(reader), 10)
+    writer.close()
+    assert (status, body) == (200, b"finished")
+    assert headers["connection"] == "close"  # responses during drain end their connection
+    assert await asyncio.wait_for(router.process.wait(), 10) == 0
+    assert router.process.stdout is not None
+    lines = [json.loads(line) for line in (await router.process.stdout.read()).decode().splitlines()]
+    assert any(line["message"] == "drained" and line["unfinished_requests"] == 0 for line in lines)
+
+
+async def test_download_past_a_slow_client_keeps_memory_bounded(
+    router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    total = 128 * MiB
+    block = b"\x00" * MiB
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = total
+        await response.prepare(request)
+        for _ in range(total // MiB):
+            await response.write(block)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    dns.set_a("hello", ["127.0.0.2"])
+    await backend("127.0.0.2", app=app)
+    router = await router_process()
+    baseline = router.rss_bytes()
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port, limit=MiB)
+    writer.write(b"GET /services/hello/big HTTP/1.1\r\nHost: h\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    received = 0
+    while received < total:
+        chunk = await reader.read(MiB)
+        assert chunk
+        received += len(chunk)
+        await asyncio.sleep(0.001)  # slower than the backend: the router must push back, not buffer
+    writer.close()
+    assert received == total
+    assert router.peak_rss_bytes() - baseline < 32 * MiB
+
+
+async def test_upload_to_a_slow_backend_keeps_memory_bounded(
+    router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    total = 128 * MiB
+
+    async def slow_sink(request: web.Request) -> web.Response:
+        received = 0
+        async for chunk in request.content.iter_chunked(256 * 1024):
+            received += len(chunk)
+            await asyncio.sleep(0.001)
+        return web.json_response({"received": received})
+
+    app = web.Application(client_max_size=2 * total)
+    app.router.add_post("/sink", slow_sink)
+    dns.set_a("hello", ["127.0.0.2"])
+    await backend("127.0.0.2", app=app)
+    router = await router_process()
+    baseline = router.rss_bytes()
+
+    async def body() -> object:
+        block = b"\x01" * MiB
+        for _ in range(total // MiB):
+            yield block
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{router.port}/services/hello/sink", data=body()) as response,
+    ):
+        answer = await response.json()
+    assert answer == {"received": total}
+    assert router.peak_rss_bytes() - baseline < 32 * MiB
