@@ -125,7 +125,7 @@ def nginx_command(conf: Path, name: str) -> list[str]:
 def process_tree_cpu_s(pid: int) -> float:
     """utime + stime of `pid` and its children (nginx's workers), in seconds."""
     total = 0
-    pids = [pid] + children_of(pid)
+    pids = [pid, *children_of(pid)]
     for one in pids:
         try:
             fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
