@@ -34,19 +34,17 @@ class ConnectionPool(Generic[C]):
     def acquire(self, address: Address, now: float) -> C | None:
         """The most recently released usable connection to `address`, or None: then open a new one."""
         idle = self._idle.get(address)
-        while idle:
+        while idle:  # an emptied deque stays until expire(): no churn for an address in steady use
             released_at, connection = idle.pop()
             if now - released_at < self.idle_timeout_s and connection.is_usable():
-                if not idle:
-                    del self._idle[address]
                 return connection
-        if idle is not None:
-            del self._idle[address]
         return None
 
     def release(self, address: Address, connection: C, now: float) -> C | None:
         """Keep `connection` for reuse; returns a connection to close when the address is at its cap."""
-        idle = self._idle.setdefault(address, deque())
+        idle = self._idle.get(address)
+        if idle is None:
+            idle = self._idle[address] = deque()
         idle.append((now, connection))
         if len(idle) > self.max_idle_per_address:
             return idle.popleft()[1]
@@ -61,8 +59,6 @@ class ConnectionPool(Generic[C]):
             if candidate is connection:
                 del idle[index]
                 break
-        if not idle:
-            del self._idle[address]
 
     def expire(self, now: float) -> list[C]:
         """Connections idle for `idle_timeout_s` or more, removed from the pool, for the caller to close."""
@@ -89,4 +85,5 @@ class ConnectionPool(Generic[C]):
         return sum(len(idle) for idle in self._idle.values())
 
     def __repr__(self) -> str:
-        return f"<ConnectionPool [Idle: {self.idle_count()} on {len(self._idle)} addresses]>"
+        addresses = sum(1 for idle in self._idle.values() if idle)
+        return f"<ConnectionPool [Idle: {self.idle_count()} on {addresses} addresses]>"

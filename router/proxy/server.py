@@ -343,14 +343,15 @@ class Exchange:
                 self.conn.peer_ip, self.state.listen_port, self.deployment.encode(), self.request_id
             )
             parts = [upstream_head(self.method, self.upstream_target, self.info, context), *self.pending]
-        sent = sum(len(part) for part in parts)
+        sent = len(parts[0]) if len(parts) == 1 else sum(len(part) for part in parts)
         self.replay = parts if reused and sent <= MAX_REPLAY else None
         self.replay_bytes = sent
         self.pending = []
         self.pending_bytes = 0
         upstream.writelines(parts)
         conn = self.conn
-        conn.resume(PAUSE_NO_UPSTREAM)
+        if conn._paused:
+            conn.resume(PAUSE_NO_UPSTREAM)
         if conn.write_paused:
             upstream.pause_reading()
         if self.info.expect_continue and not self.body_complete and not self.continue_sent and self.http_minor:
@@ -484,6 +485,12 @@ class Exchange:
     def on_tunnel_data(self, data: bytes) -> None:
         self.conn.write(data)
 
+    def begin_read(self) -> None:
+        self.conn.cork()
+
+    def end_read(self) -> None:
+        self.conn.uncork()
+
     def on_upstream_write_paused(self, paused: bool) -> None:
         if paused:
             self.conn.pause(PAUSE_UPSTREAM_FULL)
@@ -594,6 +601,7 @@ class ClientConnection(asyncio.Protocol):
         self._lingering = False
         self._tunnel: UpstreamConnection | None = None
         self._early_tunnel: list[bytes] = []
+        self._corked: list[bytes] | None = None
 
     # --- asyncio.Protocol ----------------------------------------------------------------------------------
 
@@ -751,7 +759,8 @@ class ClientConnection(asyncio.Protocol):
         self.state.inflight -= 1
         if self._active is exchange:
             self._active = None
-        self.resume(PAUSE_UPSTREAM_FULL | PAUSE_NO_UPSTREAM)
+        if self._paused:
+            self.resume(PAUSE_UPSTREAM_FULL | PAUSE_NO_UPSTREAM)
         parser_done = self._parser is None and not self._queue  # nothing more can be read on this connection
         if exchange.close_after or self._closing or parser_done or (self.state.draining and not self._queue):
             if exchange.body_complete:
@@ -805,12 +814,26 @@ class ClientConnection(asyncio.Protocol):
 
     # --- writing and local responses -------------------------------------------------------------------------
 
+    def cork(self) -> None:
+        """Collect writes until `uncork`: one backend read (head and body, usually) becomes one send."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked and self.transport is not None and not self._closing:
+            self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self._closing:
+        if self._corked is not None:
+            self._corked.append(data)
+        elif self.transport is not None and not self._closing:
             self.transport.write(data)
 
     def writelines(self, parts: list[bytes]) -> None:
-        if self.transport is not None and not self._closing:
+        if self._corked is not None:
+            self._corked += parts
+        elif self.transport is not None and not self._closing:
             self.transport.writelines(parts)
 
     def respond_local(self, exchange: Exchange, status: int, body: bytes, extra: bytes = b"") -> None:
@@ -897,6 +920,7 @@ class ClientConnection(asyncio.Protocol):
         self._lingering = True
         self._early_tunnel = []
         self.resume(PAUSE_PIPELINE | PAUSE_TUNNEL | PAUSE_NO_UPSTREAM | PAUSE_UPSTREAM_FULL)
+        self.uncork()
         transport = self.transport
         if transport is not None and not self._closing and transport.can_write_eof():
             transport.write_eof()
@@ -905,11 +929,13 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
+        self.uncork()  # what was written before the close still goes out; close() flushes, then closes
         if self.transport is not None and not self._closing:
             self._closing = True
             self.transport.close()
 
     def abort(self) -> None:
+        self._corked = None  # a truncation: nothing more of this response may reach the client
         if self.transport is not None:
             self._closing = True
             self.transport.abort()
