@@ -45,6 +45,7 @@ class Result:
     p99_ms: float
     errors: int
     cpu_us_per_request: float
+    dns_qps: float
 
 
 # --- set-up ------------------------------------------------------------------------------------------------
@@ -177,14 +178,32 @@ def run_wrk(url: str, seconds: float, connections: int, script: Path | None, thr
     }
 
 
-def measure(proxy: str, pid: int, port: int, scenario: str, args: argparse.Namespace) -> Result:
-    script = HERE / "spread.lua" if scenario == "200 deployments" else None
+SCRIPTS = {"1 deployment": None, "200 deployments": HERE / "spread.lua", "cold ids": HERE / "cold.lua"}
+
+
+def dns_queries(dns: subprocess.Popen[bytes]) -> int:
+    """Ask the DNS fixture how many queries it has received (it writes the count on SIGUSR1)."""
+    count_file = RUN_DIR / "dns-count"
+    count_file.unlink(missing_ok=True)
+    dns.send_signal(signal.SIGUSR1)
+    for _ in range(100):
+        if count_file.exists() and count_file.read_text():
+            return int(count_file.read_text())
+        time.sleep(0.01)
+    raise RuntimeError("the DNS fixture did not report its query count")
+
+
+def measure(
+    proxy: str, pid: int, port: int, scenario: str, args: argparse.Namespace, *, dns: subprocess.Popen[bytes]
+) -> Result:
+    script = SCRIPTS[scenario]
     path = "/" if script else "/services/dep-0/"
     url = f"http://127.0.0.1:{port}{path}"
     run_wrk(url, args.warmup, args.connections, script, args.threads)  # fill caches and pools
-    cpu_before, started = process_tree_cpu_s(pid), time.monotonic()
+    queries_before, cpu_before, started = dns_queries(dns), process_tree_cpu_s(pid), time.monotonic()
     figures = run_wrk(url, args.duration, args.connections, script, args.threads)
     elapsed, cpu = time.monotonic() - started, process_tree_cpu_s(pid) - cpu_before
+    queries = dns_queries(dns) - queries_before
     requests = int(figures["requests"])
     return Result(
         proxy=proxy,
@@ -196,6 +215,7 @@ def measure(proxy: str, pid: int, port: int, scenario: str, args: argparse.Names
         p99_ms=figures["p99_ms"],
         errors=int(figures["errors"]),
         cpu_us_per_request=round(cpu / max(requests, 1) * 1e6, 1),
+        dns_qps=round(queries / elapsed, 1),
     )
 
 
@@ -220,6 +240,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--proxies", default="nginx,router", help="comma-separated: nginx, router")
     parser.add_argument("--router-args", default="", help="extra flags for whaleray-router")
+    parser.add_argument("--scenarios", default=",".join(SCRIPTS), help=f"comma-separated: {', '.join(SCRIPTS)}")
     args = parser.parse_args()
     ensure_tools()
     RUN_DIR.mkdir(exist_ok=True)
@@ -232,7 +253,18 @@ def main() -> None:
     python = sys.executable
     results: list[Result] = []
     with (
-        process("dns", [python, "-m", "benchmarks.dns_fixture", "--port", str(dns_port)]),
+        process(
+            "dns",
+            [
+                python,
+                "-m",
+                "benchmarks.dns_fixture",
+                "--port",
+                str(dns_port),
+                "--count-file",
+                str(RUN_DIR / "dns-count"),
+            ],
+        ) as dns,
         process("backend", nginx_command(backend_conf, "backend"), ready_port=upstream_port),
     ):
         time.sleep(0.5)  # the DNS fixture binds UDP: no port to poll
@@ -266,8 +298,8 @@ def main() -> None:
             command, port = proxies[name]
             with process(name, command, ready_port=port) as child:
                 check_routes(port)
-                for scenario in ("1 deployment", "200 deployments"):
-                    result = measure(name, child.pid, port, scenario, args)
+                for scenario in args.scenarios.split(","):
+                    result = measure(name, child.pid, port, scenario, args, dns=dns)
                     print(json.dumps(asdict(result)), flush=True)
                     results.append(result)
     report(results, args)
@@ -277,15 +309,15 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     (RESULTS_DIR / f"{stamp}.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration}s on {os.cpu_count()} CPUs, one run:\n")
-    print("| proxy | scenario | req/s | p50 ms | p99 ms | errors | proxy CPU µs/req |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| proxy | scenario | req/s | p50 ms | p99 ms | errors or non-2xx | proxy CPU µs/req | DNS queries/s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(
             f"| {r.proxy} | {r.scenario} | {r.rps} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | "
-            f"{r.cpu_us_per_request} |"
+            f"{r.cpu_us_per_request} | {r.dns_qps} |"
         )
     by_key = {(r.proxy, r.scenario): r for r in results}
-    for scenario in ("1 deployment", "200 deployments"):
+    for scenario in SCRIPTS:
         nginx, router = by_key.get(("nginx", scenario)), by_key.get(("router", scenario))
         if nginx and router:
             ratio = router.cpu_us_per_request / nginx.cpu_us_per_request

@@ -59,8 +59,9 @@ class Router:
         loop = asyncio.get_running_loop()
         settings = self.settings
         self._resolver = DnsResolver(settings.resolvers, timeout_s=settings.dns_timeout_s, tries=settings.dns_tries)
-        self._discovery = Discovery(settings, self._resolver.lookup_a, clock=loop.time)
+        self._discovery = Discovery(settings, self._resolver.lookup_a, self._resolver.lookup_srv, clock=loop.time)
         state = ServerState(settings, self._discovery, loop)
+        self._discovery.on_removed = state.retire_addresses
         self.state = state
         self._server = await loop.create_server(
             lambda: ClientConnection(state),

@@ -57,6 +57,9 @@ class Settings:
     dns_negative_ttl_s: float
     dns_stale_ttl_s: float
     dns_cache_size: int
+    dns_max_qps: float
+    discovery: str
+    srv_prefix: str
     client_header_timeout_s: float
     client_body_timeout_s: float
     client_keepalive_timeout_s: float
@@ -171,6 +174,27 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _discovery(text: str) -> str:
+    value = text.strip().lower()
+    if value not in {"a", "srv"}:
+        raise ValueError("must be a or srv")
+    return value
+
+
+def _srv_prefix(text: str) -> str:
+    value = text.strip().lower()
+    if value and not re.fullmatch(r"(_?[a-z0-9-]+\.)+", value):
+        raise ValueError("must be empty or labels ending in a dot, such as _http._tcp.")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise ValueError("must be a positive number")
+    return value
+
+
 def _log_format(text: str) -> str:
     value = text.strip().lower()
     if value not in {"json", "text"}:
@@ -207,6 +231,7 @@ class Option:
         return self.env_name or ENV_PREFIX + self.flag.removeprefix("--").replace("-", "_").upper()
 
 
+# fmt: off  (a table reads best as a table: one option, its flag, parser, default and help together)
 OPTIONS: tuple[Option, ...] = (
     Option("host", "--host", str, "0.0.0.0", "Address the proxy listener binds."),
     Option("port", "--port", _port, "8080", "Port of the proxy listener (the ALB's target port)."),
@@ -254,7 +279,36 @@ OPTIONS: tuple[Option, ...] = (
         "300",
         "Seconds past expiry an answer keeps serving while the resolver is failing.",
     ),
-    Option("dns_cache_size", "--dns-cache-size", _positive_int, "10000", "Names the DNS cache holds (LRU)."),
+    Option(
+        "dns_cache_size",
+        "--dns-cache-size",
+        _positive_int,
+        "10000",
+        "Known deployments the DNS cache holds (LRU); as many unknown ids again are remembered apart.",
+    ),
+    Option(
+        "dns_max_qps",
+        "--dns-max-qps",
+        _positive_float,
+        "100",
+        "Most DNS lookups per second; refreshes of known deployments keep half of it. The VPC resolver drops "
+        "packets beyond 1024/s per network interface, shared by every task on it in bridge mode.",
+    ),
+    Option(
+        "discovery",
+        "--discovery",
+        _discovery,
+        "a",
+        "a: A records of <id>.<namespace>, port --upstream-port; srv: SRV records (ECS bridge mode, dynamic "
+        "host ports), honouring priority and weight.",
+    ),
+    Option(
+        "srv_prefix",
+        "--srv-prefix",
+        _srv_prefix,
+        "",
+        "With --discovery srv: labels put before <id>.<namespace>, e.g. _http._tcp.",
+    ),
     Option(
         "client_header_timeout_s",
         "--client-header-timeout",
@@ -338,6 +392,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_level", "--log-level", _log_level, "info", "debug, info, warning or error."),
     Option("log_format", "--log-format", _log_format, "json", "json (one object per line, for CloudWatch) or text."),
 )
+# fmt: on
 
 
 def _default_text(option: Option) -> str:

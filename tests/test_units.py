@@ -7,8 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router.discovery.balancer import Balancer
+from router.discovery.budget import QueryBudget
 from router.discovery.cache import DnsCache, EntryKind
-from router.discovery.service import address_allowed
+from router.discovery.resolver import SrvTarget
+from router.discovery.service import address_allowed, plan_srv
 from router.proxy.headers import ForwardContext, HeaderError, analyse_request, analyse_response, upstream_head
 from router.proxy.pool import ConnectionPool
 from router.proxy.route import RouteKind, parse_target
@@ -215,15 +217,28 @@ def test_cache_is_bounded_lru() -> None:
     cache.store("d", (ADDRESS,), ttl_s=10, now=1)
     assert len(cache) == 3
     assert cache.fresh("b", 1) is None
-    assert repr(cache) == "<DnsCache [Entries: 3/3]>"
+    assert repr(cache) == "<DnsCache [Known: 3/3 | Unknown: 0/3]>"
+
+
+def test_unknown_names_are_bounded_apart_and_never_evict_known_ones() -> None:
+    cache = make_cache(max_entries=2)
+    cache.store("real", (ADDRESS,), ttl_s=10, now=0)
+    for index in range(10):
+        cache.store_negative(f"scan-{index}", now=0)
+    assert cache.fresh("real", 1) is not None
+    assert len(cache) == 3
+    assert cache.fresh("scan-0", 1) is None  # evicted by later unknown names
+    cache.store_negative("real", now=2)  # NXDOMAIN for a known name: the deployment is gone
+    assert not cache.known("real")
 
 
 # --- balancer ----------------------------------------------------------------------------------------------
 
 
 class Candidates:
-    def __init__(self, *hosts: str) -> None:
+    def __init__(self, *hosts: str, backup: tuple[str, ...] = ()) -> None:
         self.addresses = tuple((host, 3000) for host in hosts)
+        self.backup = tuple((host, 3000) for host in backup)
         self.cursor = 0
 
 
@@ -268,3 +283,53 @@ def test_all_ejected_still_gives_an_address() -> None:
 )
 def test_default_allow_list(host: str, allowed: bool) -> None:
     assert address_allowed(host, _cidrs("10.0.0.0/8,172.16.0.0/12,192.168.0.0/16")) is allowed
+
+
+def test_backup_addresses_serve_when_every_preferred_one_is_ejected() -> None:
+    balancer = Balancer()
+    entry = Candidates("a", backup=("z",))
+    balancer.failed(("a", 3000), now=0)
+    assert balancer.pick(entry, 0.1) == ("z", 3000)
+    assert balancer.pick(entry, 5) == ("a", 3000)  # a is back
+
+
+# --- budget --------------------------------------------------------------------------------------------------
+
+
+def test_budget_keeps_a_reserve_for_known_names() -> None:
+    budget = QueryBudget(rate_qps=10, reserve_fraction=0.5)
+    new_names = sum(budget.try_spend(0, known=False) for _ in range(100))
+    assert new_names == 5  # 10 tokens, 5 reserved: new names stop where the reserve begins
+    known = sum(budget.try_spend(0, known=True) for _ in range(100))
+    assert known == 5  # known names may spend the reserve
+    assert not budget.try_spend(0.05, known=True)  # half a token refilled: not enough
+    assert budget.try_spend(0.1, known=True)  # one token refilled
+    assert budget.refused == 95 + 95 + 1
+    assert repr(budget).startswith("<QueryBudget [")
+
+
+def test_budget_refills_at_its_rate_up_to_one_second() -> None:
+    budget = QueryBudget(rate_qps=10)
+    for _ in range(10):
+        budget.try_spend(0, known=True)
+    assert sum(budget.try_spend(100, known=True) for _ in range(50)) == 10  # burst capped at capacity
+
+
+# --- SRV plan -------------------------------------------------------------------------------------------------
+
+
+def test_srv_plan_honours_priority_and_weight() -> None:
+    targets = (
+        SrvTarget("10.0.0.1", 31000, priority=10, weight=60),
+        SrvTarget("10.0.0.2", 31001, priority=10, weight=20),
+        SrvTarget("10.0.0.3", 31002, priority=20, weight=100),
+    )
+    slots, backup = plan_srv(targets)
+    assert slots == (("10.0.0.1", 31000), ("10.0.0.1", 31000), ("10.0.0.2", 31001), ("10.0.0.1", 31000))
+    assert backup == (("10.0.0.3", 31002),)
+
+
+def test_srv_plan_with_zero_weights_spreads_evenly() -> None:
+    slots, backup = plan_srv((SrvTarget("10.0.0.1", 1, 0, 0), SrvTarget("10.0.0.2", 2, 0, 0)))
+    assert sorted(slots) == [("10.0.0.1", 1), ("10.0.0.2", 2)]
+    assert backup == ()

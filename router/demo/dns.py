@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dnslib import QTYPE, RCODE, RR, SOA, SRV, A, DNSRecord
@@ -37,6 +38,9 @@ class DemoDnsServer(asyncio.DatagramProtocol):
         self.srv_records: dict[str, tuple[list[SrvTarget], int]] = {}
         self.servfail: set[str] = set()
         self.silent = False
+        self.srv_glue = True  # add the SRV targets' A records to the additional section
+        # Addresses for names not in the table (benchmarks: every never-seen id exists), or None.
+        self.wildcard: Callable[[str], list[str] | None] | None = None
         self.queries: Counter[str] = Counter()
         self.host = ""
         self.port = 0
@@ -99,6 +103,9 @@ class DemoDnsServer(asyncio.DatagramProtocol):
             return reply
         a = self.a_records.get(name)
         srv = self.srv_records.get(name)
+        if a is None and srv is None and self.wildcard is not None:
+            addresses = self.wildcard(name)
+            a = (addresses, self.ttl) if addresses else None
         if a is None and srv is None:
             reply.header.rcode = RCODE.NXDOMAIN
             reply.add_auth(self._soa())
@@ -112,6 +119,9 @@ class DemoDnsServer(asyncio.DatagramProtocol):
             for target in targets:
                 rdata = SRV(priority=target.priority, weight=target.weight, port=target.port, target=target.target)
                 reply.add_answer(RR(name, QTYPE.SRV, rdata=rdata, ttl=ttl))
+                glue = self.a_records.get(self._fqdn(target.target)) if self.srv_glue else None
+                for address in glue[0] if glue else []:  # Cloud Map sends the targets' A records along
+                    reply.add_ar(RR(self._fqdn(target.target), QTYPE.A, rdata=A(address), ttl=ttl))
         if not reply.rr:  # the name exists without records of this type: NODATA
             reply.add_auth(self._soa())
         return reply

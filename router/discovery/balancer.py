@@ -17,9 +17,11 @@ _PRUNE_ABOVE = 1024
 
 
 class Candidates(Protocol):
-    """A cache entry: its addresses and the round-robin cursor it carries (so the cursor dies with it)."""
+    """A cache entry: its addresses, less preferred backup addresses (SRV priorities), and the round-robin
+    cursor it carries (so the cursor dies with it)."""
 
     addresses: tuple[Address, ...]
+    backup: tuple[Address, ...]
     cursor: int
 
 
@@ -52,6 +54,9 @@ class Balancer:
                 return address
             if fallback is None or ejection.until < self._ejected[fallback].until:
                 fallback = address
+        for address in candidates.backup:  # every preferred address is ejected: a less preferred one
+            if address != avoid and not self.is_ejected(address, now):
+                return address
         return fallback if fallback is not None else addresses[start % count]
 
     def failed(self, address: Address, now: float) -> float:

@@ -8,8 +8,9 @@ Nothing here awaits or reads a clock: every method takes `now`, so a test drives
   unknown ids does not become a flood of queries.
 - When the resolver fails, a positive answer keeps serving up to `stale_ttl` past its expiry (RFC 8767); it is
   retried at most every `stale_retry_s` meanwhile, so a dead resolver is not hammered by every request.
-- The cache holds at most `max_entries` names and evicts the least recently used, so random ids cannot grow
-  memory without bound.
+- Positive and negative answers live in two LRU maps of at most `max_entries` names each, so random ids
+  cannot grow memory without bound, and a scan of unknown ids evicts only other unknown ids, never a real
+  deployment.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Entry:
         "name",
         "kind",
         "addresses",
+        "backup",
         "expires_at",
         "refresh_at",
         "stale_until",
@@ -47,6 +49,8 @@ class Entry:
         self.name = name
         self.kind = kind
         self.addresses = addresses
+        # SRV only: addresses of the less preferred priorities, tried when every one in `addresses` is ejected.
+        self.backup: tuple[Address, ...] = ()
         self.expires_at = expires_at
         self.refresh_at = expires_at
         self.stale_until = expires_at
@@ -77,17 +81,22 @@ class DnsCache:
         self.stale_ttl_s = stale_ttl_s
         self.stale_retry_s = stale_retry_s
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._entries: OrderedDict[str, Entry] = OrderedDict()  # positive answers
+        self._negative: OrderedDict[str, Entry] = OrderedDict()  # NXDOMAIN, no records, forbidden
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._negative)
 
     def fresh(self, name: str, now: float) -> Entry | None:
         """The entry for `name` if it may answer now without a query (positive, negative or stale-retrying)."""
         entry = self._entries.get(name)
+        entries = self._entries
+        if entry is None:
+            entry = self._negative.get(name)
+            entries = self._negative
         if entry is None or now >= entry.expires_at:
             return None
-        self._entries.move_to_end(name)
+        entries.move_to_end(name)
         return entry
 
     def needs_refresh(self, entry: Entry, now: float) -> bool:
@@ -103,10 +112,14 @@ class DnsCache:
 
     def store_negative(self, name: str, now: float, kind: EntryKind = EntryKind.NEGATIVE) -> Entry:
         entry = Entry(name, kind, (), now + self.negative_ttl_s)
+        self._entries.pop(name, None)  # the deployment is gone (or now points where it may not)
         if self.negative_ttl_s <= 0:
-            self._entries.pop(name, None)
             return entry
-        return self._put(entry)
+        self._negative[name] = entry
+        self._negative.move_to_end(name)
+        while len(self._negative) > self.max_entries:
+            self._negative.popitem(last=False)
+        return entry
 
     def serve_stale(self, name: str, now: float) -> Entry | None:
         """After a resolver failure: the last positive answer, if still within its stale window.
@@ -129,7 +142,12 @@ class DnsCache:
         entry = self._entries.get(name)
         return entry is not None and entry.kind is EntryKind.POSITIVE
 
+    def previous_addresses(self, name: str) -> tuple[Address, ...]:
+        entry = self._entries.get(name)
+        return () if entry is None else entry.addresses + entry.backup
+
     def _put(self, entry: Entry) -> Entry:
+        self._negative.pop(entry.name, None)
         self._entries[entry.name] = entry
         self._entries.move_to_end(entry.name)
         while len(self._entries) > self.max_entries:
@@ -137,7 +155,10 @@ class DnsCache:
         return entry
 
     def addresses_in_use(self) -> set[Address]:
-        return {address for entry in self._entries.values() for address in entry.addresses}
+        return {address for entry in self._entries.values() for address in entry.addresses + entry.backup}
 
     def __repr__(self) -> str:
-        return f"<DnsCache [Entries: {len(self._entries)}/{self.max_entries}]>"
+        return (
+            f"<DnsCache [Known: {len(self._entries)}/{self.max_entries} | "
+            f"Unknown: {len(self._negative)}/{self.max_entries}]>"
+        )

@@ -42,6 +42,20 @@ class Answer:
     ttl_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class SrvTarget:
+    host: str  # an address: SRV targets are resolved to their A records here
+    port: int
+    priority: int
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class SrvAnswer:
+    targets: tuple[SrvTarget, ...]
+    ttl_s: float
+
+
 def _nameserver(resolver: Resolver) -> str:
     host = f"[{resolver.host}]" if ":" in resolver.host else resolver.host
     return f"{host}:{resolver.port}"
@@ -54,13 +68,13 @@ class DnsResolver:
         self._tries = tries
         self._open: set[aiodns.DNSResolver] = set()
 
-    async def lookup_a(self, name: str) -> Answer:
+    async def _query(self, name: str, qtype: str) -> pycares.DNSResult:
         channel = aiodns.DNSResolver(
             nameservers=self._nameservers, timeout=self._timeout_s, tries=self._tries, rotate=False
         )
         self._open.add(channel)
         try:
-            result = await channel.query_dns(name, "A")
+            return await channel.query_dns(name, qtype)
         except aiodns.error.DNSError as error:
             status = error.args[0] if error.args else None
             if status in _NOT_FOUND_STATUSES:
@@ -69,12 +83,47 @@ class DnsResolver:
         finally:
             self._open.discard(channel)
             await channel.close()
-        records = [record for record in result.answer if isinstance(record.data, pycares.ARecordData)]
+
+    async def lookup_a(self, name: str) -> Answer:
+        result = await self._query(name, "A")
+        addresses = _a_records(result.answer)
+        if not addresses:
+            raise NameNotFound(name)
+        return Answer(tuple(sorted({host for host, _ in addresses})), min(ttl for _, ttl in addresses))
+
+    async def lookup_srv(self, name: str) -> SrvAnswer:
+        """SRV records with their targets' addresses: from the additional section when the server sent them
+        (Cloud Map does), otherwise by an A lookup of each target."""
+        result = await self._query(name, "SRV")
+        records = [
+            (record.data, record.ttl) for record in result.answer if isinstance(record.data, pycares.SRVRecordData)
+        ]
         if not records:
             raise NameNotFound(name)
-        hosts = tuple(sorted({record.data.addr for record in records if isinstance(record.data, pycares.ARecordData)}))
-        return Answer(hosts, float(min(record.ttl for record in records)))
+        glue: dict[str, list[str]] = {}
+        for record in result.additional:
+            if isinstance(record.data, pycares.ARecordData):
+                glue.setdefault(record.name.lower().rstrip("."), []).append(record.data.addr)
+        targets: list[SrvTarget] = []
+        ttl = float(min(ttl for _, ttl in records))
+        for data, _ in records:
+            target = data.target.lower().rstrip(".")
+            hosts = glue.get(target)
+            if hosts is None:
+                try:
+                    answer = await self.lookup_a(target)
+                except NameNotFound:
+                    continue
+                hosts, ttl = list(answer.hosts), min(ttl, answer.ttl_s)
+            targets += [SrvTarget(host, data.port, data.priority, data.weight) for host in hosts]
+        if not targets:
+            raise NameNotFound(name)
+        return SrvAnswer(tuple(targets), float(ttl))
 
     async def close(self) -> None:
         for channel in list(self._open):
             await channel.close()
+
+
+def _a_records(records: list[pycares.DNSRecord]) -> list[tuple[str, float]]:
+    return [(record.data.addr, float(record.ttl)) for record in records if isinstance(record.data, pycares.ARecordData)]

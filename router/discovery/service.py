@@ -2,8 +2,10 @@
 
 The request path calls `cached()` first: a dict lookup, no await. Only on a miss does it await `resolve()`,
 where concurrent misses for one name share a single query. A name in use is refreshed in the background
-before it expires. Every answer is checked against the allowed networks before it is cached: whatever DNS
-says, the router never dials an address outside them (the instance metadata service among them).
+before it expires. Every lookup spends from the query budget (budget.py), refused lookups of new names answer
+`resolver_busy`. Every answer is checked against the allowed networks before it is cached: whatever DNS
+says, the router never dials an address outside them (the instance metadata service among them). When an
+answer drops addresses, `on_removed` is told, so pooled connections to them are closed.
 """
 
 from __future__ import annotations
@@ -11,18 +13,23 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from router.discovery.budget import QueryBudget
 from router.discovery.cache import Address, DnsCache, Entry, EntryKind
-from router.discovery.resolver import Answer, NameNotFound, ResolverFailure
-from router.errors import ResolverUnavailable
+from router.discovery.resolver import Answer, NameNotFound, ResolverFailure, SrvAnswer, SrvTarget
+from router.errors import ResolverUnavailable, RouterError
 from router.settings import Network, Settings
 
 log = logging.getLogger("router.discovery")
 
 Lookup = Callable[[str], Awaitable[Answer]]
+SrvLookup = Callable[[str], Awaitable[SrvAnswer]]
+# Bounds how many slots one SRV answer's weights expand to in the round robin.
+MAX_WEIGHT_SLOTS = 64
 
 
 @dataclass(slots=True)
@@ -31,7 +38,39 @@ class DiscoveryStats:
     failures: int = 0
     stale_served: int = 0
     forbidden: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
+    busy: int = 0
+    results: dict[str, int] = field(default_factory=dict)
+
+
+def plan_srv(targets: tuple[SrvTarget, ...]) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
+    """The round-robin slots of the preferred (lowest) priority, each target as often as its weight asks
+    (RFC 2782; weights reduced by their gcd, at most MAX_WEIGHT_SLOTS slots), ordered by smooth weighted round
+    robin so consecutive picks spread; and the other priorities' addresses in order, as a backup."""
+    best = min(target.priority for target in targets)
+    preferred = [target for target in targets if target.priority == best]
+    weights = [target.weight for target in preferred]
+    if not any(weights):
+        weights = [1] * len(preferred)
+    divisor = math.gcd(*weights)
+    weights = [weight // divisor for weight in weights]
+    if sum(weights) > MAX_WEIGHT_SLOTS:
+        weights = [max(1, round(weight * MAX_WEIGHT_SLOTS / sum(weights))) if weight else 0 for weight in weights]
+    slots = _smooth_weighted_order([(target.host, target.port) for target in preferred], weights)
+    others = sorted((target for target in targets if target.priority != best), key=lambda target: target.priority)
+    return slots, tuple((target.host, target.port) for target in others)
+
+
+def _smooth_weighted_order(addresses: list[Address], weights: list[int]) -> tuple[Address, ...]:
+    total = sum(weights)
+    current = [0] * len(addresses)
+    order: list[Address] = []
+    for _ in range(total):
+        for index, weight in enumerate(weights):
+            current[index] += weight
+        chosen = max(range(len(addresses)), key=current.__getitem__)
+        current[chosen] -= total
+        order.append(addresses[chosen])
+    return tuple(order)
 
 
 def address_allowed(host: str, networks: tuple[Network, ...]) -> bool:
@@ -43,7 +82,14 @@ def address_allowed(host: str, networks: tuple[Network, ...]) -> bool:
 
 
 class Discovery:
-    def __init__(self, settings: Settings, lookup: Lookup, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        lookup: Lookup,
+        srv_lookup: SrvLookup | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_removed: Callable[[set[Address]], None] = lambda removed: None,
+    ) -> None:
         self.cache = DnsCache(
             min_ttl_s=settings.dns_min_ttl_s,
             max_ttl_s=settings.dns_max_ttl_s,
@@ -51,13 +97,17 @@ class Discovery:
             stale_ttl_s=settings.dns_stale_ttl_s,
             max_entries=settings.dns_cache_size,
         )
+        self.budget = QueryBudget(settings.dns_max_qps)
         self.stats = DiscoveryStats()
+        self.on_removed = on_removed
         self._lookup = lookup
+        self._srv_lookup = srv_lookup if settings.discovery == "srv" else None
         self._clock = clock
+        self._prefix = settings.srv_prefix if settings.discovery == "srv" else ""
         self._suffix = "." + settings.namespace
         self._port = settings.upstream_port
         self._allowed = settings.upstream_allow_cidrs
-        self._inflight: dict[str, asyncio.Future[Entry | ResolverUnavailable]] = {}
+        self._inflight: dict[str, asyncio.Future[Entry | RouterError]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.answered_once = False
 
@@ -65,26 +115,35 @@ class Discovery:
         """The usable cached entry, or None (then await `resolve`). Starts a refresh when one is due."""
         entry = self.cache.fresh(deployment, now)
         if entry is not None and self.cache.needs_refresh(entry, now):
-            entry.refreshing = True
-            self._query(deployment)
+            entry.refreshing = self._query(deployment, now) is not None  # refused by the budget: next request
         return entry
 
     async def resolve(self, deployment: str) -> Entry:
-        """Look `deployment` up; raises ResolverUnavailable when there is no answer and nothing stale."""
+        """Look `deployment` up. Raises ResolverUnavailable (no answer, nothing stale) or resolver_busy."""
+        now = self._clock()
         # A caller decides "miss" before its task runs; by then another query may have filled the cache.
-        entry = self.cache.fresh(deployment, self._clock())
+        entry = self.cache.fresh(deployment, now)
         if entry is not None:
             return entry
-        future = self._inflight.get(deployment) or self._query(deployment)
+        future = self._inflight.get(deployment) or self._query(deployment, now)
+        if future is None:  # the budget refused: a known deployment serves stale if it can
+            stale = self.cache.serve_stale(deployment, now)
+            if stale is not None:
+                self.stats.stale_served += 1
+                return stale
+            raise RouterError("resolver_busy")
         outcome = await asyncio.shield(future)
-        if isinstance(outcome, ResolverUnavailable):
+        if isinstance(outcome, RouterError):
             raise outcome
         return outcome
 
-    def _query(self, deployment: str) -> asyncio.Future[Entry | ResolverUnavailable]:
+    def _query(self, deployment: str, now: float) -> asyncio.Future[Entry | RouterError] | None:
         future = self._inflight.get(deployment)
         if future is not None:
             return future
+        if not self.budget.try_spend(now, known=self.cache.known(deployment)):
+            self.stats.busy += 1
+            return None
         future = asyncio.get_running_loop().create_future()
         self._inflight[deployment] = future
         task = asyncio.create_task(self._run_query(deployment, future))
@@ -92,11 +151,11 @@ class Discovery:
         task.add_done_callback(self._tasks.discard)
         return future
 
-    async def _run_query(self, deployment: str, future: asyncio.Future[Entry | ResolverUnavailable]) -> None:
-        outcome: Entry | ResolverUnavailable
+    async def _run_query(self, deployment: str, future: asyncio.Future[Entry | RouterError]) -> None:
+        outcome: Entry | RouterError
         try:
             outcome = await self._answer(deployment)
-        except ResolverUnavailable as error:
+        except RouterError as error:
             outcome = error
         finally:
             self._inflight.pop(deployment, None)
@@ -105,21 +164,44 @@ class Discovery:
 
     async def _answer(self, deployment: str) -> Entry:
         self.stats.queries += 1
+        name = self._prefix + deployment + self._suffix
         try:
-            answer = await self._lookup(deployment + self._suffix)
+            if self._srv_lookup is not None:
+                srv = await self._srv_lookup(name)
+                found, ttl_s = tuple((t.host, t.port) for t in srv.targets), srv.ttl_s
+            else:
+                answer = await self._lookup(name)
+                found, ttl_s = tuple((host, self._port) for host in answer.hosts), answer.ttl_s
         except NameNotFound:
             self.answered_once = True
+            self._forget(deployment, ())
             return self.cache.store_negative(deployment, self._clock())
         except ResolverFailure as error:
             return self._on_failure(deployment, str(error))
         self.answered_once = True
         now = self._clock()
-        allowed = tuple((host, self._port) for host in answer.hosts if address_allowed(host, self._allowed))
+        allowed = tuple(address for address in found if address_allowed(address[0], self._allowed))
         if not allowed:
             self.stats.forbidden += 1
-            log.warning("dns answer outside allowed networks", extra={"deployment": deployment, "hosts": answer.hosts})
+            log.warning("dns answer outside allowed networks", extra={"deployment": deployment, "hosts": found})
+            self._forget(deployment, ())
             return self.cache.store_negative(deployment, now, EntryKind.FORBIDDEN)
-        return self.cache.store(deployment, allowed, answer.ttl_s, now)
+        if self._srv_lookup is not None:
+            allowed_targets = tuple(t for t in srv.targets if (t.host, t.port) in allowed)
+            addresses, backup = plan_srv(allowed_targets)
+        else:
+            addresses, backup = allowed, ()
+        self._forget(deployment, addresses + backup)
+        entry = self.cache.store(deployment, addresses, ttl_s, now)
+        entry.backup = backup
+        return entry
+
+    def _forget(self, deployment: str, kept: tuple[Address, ...]) -> None:
+        """Tell the pool about addresses the new answer no longer has (new requests already avoid them)."""
+        removed = set(self.cache.previous_addresses(deployment)) - set(kept)
+        if removed:
+            log.info("addresses left the answer", extra={"deployment": deployment, "removed": sorted(removed)})
+            self.on_removed(removed)
 
     def _on_failure(self, deployment: str, detail: str) -> Entry:
         self.stats.failures += 1
@@ -131,9 +213,6 @@ class Discovery:
         log.warning("dns lookup failed, serving stale answer", extra={"deployment": deployment, "detail": detail})
         return stale
 
-    def addresses_in_use(self) -> set[Address]:
-        return self.cache.addresses_in_use()
-
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
@@ -141,4 +220,4 @@ class Discovery:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def __repr__(self) -> str:
-        return f"<Discovery {self.cache!r} [In flight: {len(self._inflight)}]>"
+        return f"<Discovery {self.cache!r} [In flight: {len(self._inflight)}] {self.budget!r}>"

@@ -71,11 +71,12 @@ class ConnectionPool(Generic[C]):
                 del self._idle[address]
         return expired
 
-    def drain_addresses(self, keep: set[Address] | None = None) -> list[C]:
-        """Remove every idle connection (or those to addresses not in `keep`), for the caller to close."""
+    def drain_addresses(self, keep: set[Address] | None = None, only: set[Address] | None = None) -> list[C]:
+        """Remove idle connections, for the caller to close: all of them, those to addresses not in `keep`,
+        or those to addresses in `only`."""
         removed: list[C] = []
-        for address in list(self._idle):
-            if keep is None or address not in keep:
+        for address in list(only if only is not None else self._idle):
+            if address in self._idle and (keep is None or address not in keep):
                 removed.extend(connection for _, connection in self._idle.pop(address))
         return removed
 

@@ -84,6 +84,8 @@ class ServerState:
         self.inflight = 0
         self.upstream_connects = 0
         self.upstream_reuses = 0
+        # Addresses a DNS answer dropped, with when: their connections are closed instead of pooled.
+        self.retired: dict[Address, float] = {}
         self._request_id_prefix = os.urandom(6).hex().encode()
         self._request_counter = 0
 
@@ -97,6 +99,17 @@ class ServerState:
         for connection in list(self.connections):
             connection.check_deadlines(now)
         for upstream in self.pool.expire(now):
+            upstream.close()
+        if self.retired:  # a retired address outlives its last response by the longest a response may take
+            horizon = now - self.settings.upstream_header_timeout_s - self.settings.upstream_read_timeout_s
+            self.retired = {address: at for address, at in self.retired.items() if at > horizon}
+
+    def retire_addresses(self, removed: set[Address]) -> None:
+        """DNS no longer lists `removed`: close their idle connections now, and the busy ones when done."""
+        now = self.loop.time()
+        for address in removed:
+            self.retired[address] = now
+        for upstream in self.pool.drain_addresses(keep=None, only=removed):
             upstream.close()
 
     def forget_idle(self, upstream: UpstreamConnection) -> None:
@@ -112,6 +125,9 @@ class ServerState:
         return upstream
 
     def release(self, upstream: UpstreamConnection) -> None:
+        if self.retired and upstream.address in self.retired:
+            upstream.close()
+            return
         surplus = self.pool.release(upstream.address, upstream, self.loop.time())
         if surplus is not None:
             surplus.close()
@@ -294,7 +310,7 @@ class Exchange:
         """Borrow or open a connection, trying up to MAX_CONNECT_ATTEMPTS addresses when connects are refused."""
         state = self.state
         avoid: Address | None = None
-        for _ in range(min(MAX_CONNECT_ATTEMPTS, len(entry.addresses))):
+        for _ in range(min(MAX_CONNECT_ATTEMPTS, len(set(entry.addresses)) + len(entry.backup))):
             now = state.loop.time()
             if address is None:
                 address = state.balancer.pick(entry, now, avoid)

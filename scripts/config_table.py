@@ -1,0 +1,9 @@
+"""Print the README's configuration table from the option table in router/settings.py."""
+
+from router.settings import OPTIONS
+
+print("| flag | variable | default | what it does |")
+print("|---|---|---|---|")
+for option in OPTIONS:
+    default = option.default if isinstance(option.default, str) else "nameservers of /etc/resolv.conf"
+    print(f"| `{option.flag}` | `{option.env}` | `{default}` | {option.help.replace('|', '/')} |")

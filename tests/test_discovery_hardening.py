@@ -1,0 +1,198 @@
+"""Discovery on bad days: the query budget under a flood of random ids, refresh-ahead, address removal, SRV
+records with ports, the cache bound. A real DNS server on loopback counts every query."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections import Counter
+
+import aiohttp
+
+from router.app import Router
+from router.demo.backend import start_backend
+from router.demo.dns import DemoDnsServer, SrvTarget
+from tests.conftest import BackendFactory, RouterFactory, free_port
+
+
+async def get(session: aiohttp.ClientSession, router: Router, path: str) -> tuple[int, dict[str, object]]:
+    async with session.get(f"http://127.0.0.1:{router.port}{path}") as response:
+        return response.status, json.loads(await response.read())
+
+
+async def backends(session: aiohttp.ClientSession, router: Router, path: str, count: int) -> Counter[object]:
+    """Which backend answered each of `count` sequential requests."""
+    seen: Counter[object] = Counter()
+    for _ in range(count):
+        seen[(await get(session, router, path))[1]["backend"]] += 1
+    return seen
+
+
+async def test_refresh_ahead_keeps_a_busy_name_hot_without_a_request_waiting(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    router = await make_router("--dns-min-ttl", "0.1")
+    dns.set_a("busy", ["127.0.0.2"], ttl=1)
+    await backend("127.0.0.2")
+    assert router.state is not None
+    discovery = router.state.discovery
+    async with aiohttp.ClientSession() as session:
+        assert (await get(session, router, "/services/busy/"))[0] == 200
+        waits_before = discovery.stats.queries
+        for _ in range(30):  # 3 s of steady traffic over a 1 s TTL
+            await asyncio.sleep(0.1)
+            entry = discovery.cache.fresh("busy", router.state.loop.time())
+            assert entry is not None, "the entry expired: a request would have waited for DNS"
+            assert (await get(session, router, "/services/busy/"))[0] == 200
+    assert discovery.stats.queries - waits_before >= 2  # refreshed in the background, repeatedly
+    assert dns.query_count("busy") == discovery.stats.queries
+
+
+async def test_flood_of_random_ids_is_held_to_the_budget_while_a_known_deployment_answers(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    router = await make_router("--dns-max-qps", "20", "--dns-min-ttl", "0.1")
+    dns.set_a("real", ["127.0.0.2"], ttl=1)
+    await backend("127.0.0.2")
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as session:
+        assert (await get(session, router, "/services/real/"))[0] == 200
+        started = loop.time()
+        codes: Counter[object] = Counter()
+        real_statuses: list[int] = []
+
+        async def attacker() -> None:
+            for _ in range(40):
+                status, body = await get(session, router, f"/services/r{secrets.token_hex(6)}/")
+                codes[(status, body.get("code"))] += 1
+
+        async def real_user() -> None:
+            while loop.time() - started < 2.5:
+                real_statuses.append((await get(session, router, "/services/real/"))[0])
+                await asyncio.sleep(0.05)
+
+        await asyncio.gather(*(attacker() for _ in range(25)), real_user())
+        elapsed = loop.time() - started
+    random_queries = dns.query_count() - dns.query_count("real") - 1
+    assert random_queries <= 20 * elapsed + 20  # the bucket: 20/s and a burst of one second's worth
+    assert codes[(503, "resolver_busy")] > 0
+    assert codes[(502, "deployment_not_found")] > 0  # the budget let some through: they were answered
+    assert set(real_statuses) == {200}  # the known deployment never starved, its TTL expiring meanwhile
+    assert dns.query_count("real") >= 2
+
+
+async def test_cache_holds_no_more_than_its_bound(make_router: RouterFactory, dns: DemoDnsServer) -> None:
+    router = await make_router("--dns-cache-size", "50", "--dns-max-qps", "1000")
+    async with aiohttp.ClientSession() as session:
+        for index in range(120):
+            await get(session, router, f"/services/scan-{index}/")
+    assert router.state is not None
+    assert len(router.state.discovery.cache) <= 100  # 50 known + 50 unknown at most
+    assert repr(router.state.discovery.cache) == "<DnsCache [Known: 0/50 | Unknown: 50/50]>"
+
+
+async def test_scan_cannot_evict_a_known_deployment(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    router = await make_router("--dns-cache-size", "10", "--dns-max-qps", "1000")
+    dns.set_a("real", ["127.0.0.2"])
+    await backend("127.0.0.2")
+    async with aiohttp.ClientSession() as session:
+        assert (await get(session, router, "/services/real/"))[0] == 200
+        for index in range(50):
+            await get(session, router, f"/services/scan-{index}/")
+        assert (await get(session, router, "/services/real/"))[0] == 200
+    assert dns.query_count("real") == 1
+
+
+async def test_removed_address_gets_no_new_requests_and_its_idle_connections_close(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    router = await make_router("--dns-min-ttl", "0.1")
+    dns.set_a("multi", ["127.0.0.2", "127.0.0.3"], ttl=1)
+    old = await backend("127.0.0.2", name="old")
+    await backend("127.0.0.3", name="kept")
+    async with aiohttp.ClientSession() as session:
+        for _ in range(4):
+            assert (await get(session, router, "/services/multi/"))[0] == 200
+        assert router.state is not None
+        assert router.state.pool.idle_count((old.host, old.port)) == 1
+        dns.set_a("multi", ["127.0.0.3"], ttl=1)
+        await asyncio.sleep(1.2)
+        requests_before = old.requests
+        answered = await backends(session, router, "/services/multi/", 6)
+    assert answered == {"kept": 6}
+    assert old.requests == requests_before
+    assert router.state.pool.idle_count((old.host, old.port)) == 0
+
+
+async def test_srv_records_give_targets_and_ports(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    # Bridge networking: every task of a deployment on its own dynamic host port.
+    ports = [free_port("127.0.0.2"), free_port("127.0.0.3")]
+    runners = [
+        await start_backend("task-a", "127.0.0.2", ports[0]),
+        await start_backend("task-b", "127.0.0.3", ports[1]),
+    ]
+    try:
+        router = await make_router("--discovery", "srv", "--srv-prefix", "_http._tcp.")
+        dns.set_a("task-a.bridge", ["127.0.0.2"])
+        dns.set_a("task-b.bridge", ["127.0.0.3"])
+        dns.set_srv(
+            "_http._tcp.bridge",
+            [
+                SrvTarget("task-a.bridge.whaleray.local", ports[0], priority=10, weight=30),
+                SrvTarget("task-b.bridge.whaleray.local", ports[1], priority=10, weight=10),
+            ],
+        )
+        async with aiohttp.ClientSession() as session:
+            seen = await backends(session, router, "/services/bridge/", 40)
+        assert seen["task-a"] == 30
+        assert seen["task-b"] == 10
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+async def test_srv_without_glue_resolves_targets_and_prefers_the_lower_priority(
+    make_router: RouterFactory, dns: DemoDnsServer
+) -> None:
+    ports = [free_port("127.0.0.2"), free_port("127.0.0.3")]
+    runners = [
+        await start_backend("primary", "127.0.0.2", ports[0]),
+        await start_backend("standby", "127.0.0.3", ports[1]),
+    ]
+    try:
+        router = await make_router("--discovery", "srv")
+        dns.srv_glue = False
+        dns.set_a("primary.svc", ["127.0.0.2"])
+        dns.set_a("standby.svc", ["127.0.0.3"])
+        dns.set_srv(
+            "svc",
+            [
+                SrvTarget("primary.svc.whaleray.local", ports[0], priority=1, weight=1),
+                SrvTarget("standby.svc.whaleray.local", ports[1], priority=2, weight=1),
+            ],
+        )
+        async with aiohttp.ClientSession() as session:
+            seen = await backends(session, router, "/services/svc/", 5)
+            assert seen == {"primary": 5}
+            await runners[0].cleanup()  # the preferred target dies: the backup priority takes over
+            seen = await backends(session, router, "/services/svc/", 5)
+        assert seen == {"standby": 5}
+    finally:
+        for runner in runners[1:]:
+            await runner.cleanup()
+
+
+async def test_srv_target_outside_the_allowed_networks_is_forbidden(
+    make_router: RouterFactory, dns: DemoDnsServer
+) -> None:
+    router = await make_router("--discovery", "srv", "--upstream-allow-cidr", "127.0.0.0/30")
+    dns.set_a("t.sneaky", ["127.0.0.5"])
+    dns.set_srv("sneaky", [SrvTarget("t.sneaky.whaleray.local", 8080)])
+    async with aiohttp.ClientSession() as session:
+        status, body = await get(session, router, "/services/sneaky/")
+    assert (status, body["code"]) == (502, "upstream_forbidden")
