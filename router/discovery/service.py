@@ -96,6 +96,7 @@ class Discovery:
             negative_ttl_s=settings.dns_negative_ttl_s,
             stale_ttl_s=settings.dns_stale_ttl_s,
             max_entries=settings.dns_cache_size,
+            stale_retry_s=settings.dns_min_ttl_s,  # a failing resolver is retried no more often than a TTL
         )
         self.budget = QueryBudget(settings.dns_max_qps)
         self.stats = DiscoveryStats()
