@@ -99,6 +99,10 @@ class DnsCache:
         entries.move_to_end(name)
         return entry
 
+    def peek(self, name: str) -> Entry | None:
+        """The entry for `name`, fresh or not, without touching the LRU order (introspection)."""
+        return self._entries.get(name) or self._negative.get(name)
+
     def needs_refresh(self, entry: Entry, now: float) -> bool:
         """A positive entry in use past its refresh point, with no refresh under way."""
         return entry.kind is EntryKind.POSITIVE and now >= entry.refresh_at and not entry.refreshing
