@@ -1,4 +1,4 @@
-"""The admin listener (aiohttp): /health, /ready and, with metrics, /metrics. Never behind the ALB rule.
+"""The admin listener (aiohttp): /health, /ready and /metrics. Never behind the ALB rule.
 
 It runs on its own port so probes and scrapes never compete with proxied traffic for the data plane's
 listener, and so nothing on it is reachable through `/services/*`.
@@ -7,20 +7,23 @@ listener, and so nothing on it is reachable through `/services/*`.
 from __future__ import annotations
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from router.proxy.server import ServerState
 from router.settings import Settings
 
 
 class AdminServer:
-    def __init__(self, settings: Settings, state: ServerState) -> None:
+    def __init__(self, settings: Settings, state: ServerState, registry: CollectorRegistry) -> None:
         self._settings = settings
         self._state = state
+        self._registry = registry
         self._runner: web.AppRunner | None = None
         self.port = settings.admin_port
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._ready)
+        app.router.add_get("/metrics", self._metrics)
         self._app = app
 
     async def start(self) -> None:
@@ -46,3 +49,7 @@ class AdminServer:
         if not discovery.answered_once:
             return web.json_response({"status": "waiting for the resolver"}, status=503)
         return web.json_response({"status": "ready"})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -13,12 +13,14 @@ import signal
 import socket
 
 import uvloop
+from prometheus_client import CollectorRegistry
 
 from router import __version__
 from router.admin import AdminServer
 from router.discovery.resolver import DnsResolver
 from router.discovery.service import Discovery
-from router.logs import setup_logging
+from router.logs import AccessLog, setup_logging
+from router.metrics import Gauges, Metrics
 from router.proxy.server import ClientConnection, ServerState
 from router.settings import Settings
 
@@ -54,14 +56,28 @@ class Router:
         self._discovery: Discovery | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._tick_s = tick_interval(settings)
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry, settings.metrics_max_deployments)
+        self.access_log: AccessLog | None = None
+        self._probe: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         settings = self.settings
         self._resolver = DnsResolver(settings.resolvers, timeout_s=settings.dns_timeout_s, tries=settings.dns_tries)
         self._discovery = Discovery(settings, self._resolver.lookup_a, self._resolver.lookup_srv, clock=loop.time)
-        state = ServerState(settings, self._discovery, loop)
+        if settings.access_log == "json":
+            self.access_log = AccessLog()
+        state = ServerState(settings, self._discovery, loop, self.metrics, self.access_log)
         self._discovery.on_removed = state.retire_addresses
+        self._discovery.on_query = self.metrics.dns_query_duration.observe
+        self.metrics.gauges = Gauges(
+            inflight=lambda: state.inflight,
+            client_connections=lambda: len(state.connections),
+            upstream_active=state.upstream_active,
+            upstream_idle=state.pool.idle_count,
+            dns_cache_entries=lambda: len(state.discovery.cache),
+        )
         self.state = state
         self._server = await loop.create_server(
             lambda: ClientConnection(state),
@@ -74,10 +90,18 @@ class Router:
         self.port = self._server.sockets[0].getsockname()[1]
         state.listen_port = str(self.port).encode()
         self._schedule_tick()
+        self._probe = loop.create_task(self._probe_resolver())
         if settings.admin_port:
-            self.admin = AdminServer(settings, state)
+            self.admin = AdminServer(settings, state, self.registry)
             await self.admin.start()
         log.info("router listening", extra={"port": self.port, "admin_port": settings.admin_port})
+
+    async def _probe_resolver(self) -> None:
+        """Until the resolver has answered once, ask it every second, so /ready needs no client traffic."""
+        assert self._discovery is not None
+        while not self._discovery.answered_once and not await self._discovery.probe():
+            log.warning("resolver not answering yet", extra={"resolvers": [str(r) for r in self.settings.resolvers]})
+            await asyncio.sleep(1.0)
 
     def _schedule_tick(self) -> None:
         assert self.state is not None
@@ -103,6 +127,8 @@ class Router:
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._probe is not None:
+            self._probe.cancel()
         if self._server is not None:
             self._server.close()
         if self.state is not None:
@@ -116,6 +142,8 @@ class Router:
             await self._discovery.close()
         if self._resolver is not None:
             await self._resolver.close()
+        if self.access_log is not None:
+            self.access_log.close()
         await asyncio.sleep(0)
 
 

@@ -26,6 +26,7 @@ _KINDS = (
     ErrorKind("method_not_allowed", 405, "Method not allowed"),
     ErrorKind("request_timeout", 408, "Request not received in time"),
     ErrorKind("body_too_large", 413, "Request body too large"),
+    ErrorKind("rate_limited", 429, "Too many requests for this deployment, retry later"),
     ErrorKind("headers_too_large", 431, "Request header fields too large"),
     ErrorKind("internal_error", 500, "Internal router error"),
     ErrorKind("deployment_not_found", 502, "Service unavailable or deployment not found"),
@@ -34,6 +35,7 @@ _KINDS = (
     ErrorKind("upstream_forbidden", 502, "Service address not allowed"),
     ErrorKind("resolver_unavailable", 503, "Service discovery unavailable"),
     ErrorKind("resolver_busy", 503, "Service discovery busy, retry shortly"),
+    ErrorKind("deployment_overloaded", 503, "Too many requests in flight for this deployment"),
     ErrorKind("upstream_timeout", 504, "Service did not answer in time"),
 )
 

@@ -75,6 +75,11 @@ class Settings:
     drain_timeout_s: float
     log_level: str
     log_format: str
+    access_log: str
+    metrics_max_deployments: int
+    deployment_max_inflight: int
+    deployment_rate: float
+    deployment_burst: int
 
     def summary(self) -> dict[str, object]:
         """Every setting as plain JSON values, for the start-up log line (the router holds no secrets)."""
@@ -195,6 +200,27 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _access_log(text: str) -> str:
+    value = text.strip().lower()
+    if value not in {"off", "json"}:
+        raise ValueError("must be off or json")
+    return value
+
+
+def _zero_or_positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 (off) or more")
+    return value
+
+
+def _zero_or_positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise ValueError("must be 0 (off) or a positive number")
+    return value
+
+
 def _log_format(text: str) -> str:
     value = text.strip().lower()
     if value not in {"json", "text"}:
@@ -235,7 +261,7 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("host", "--host", str, "0.0.0.0", "Address the proxy listener binds."),
     Option("port", "--port", _port, "8080", "Port of the proxy listener (the ALB's target port)."),
-    Option("admin_host", "--admin-host", str, "0.0.0.0", "Address of the admin listener (/health, /ready)."),
+    Option("admin_host", "--admin-host", str, "0.0.0.0", "Address of the admin listener (/health, /ready, /metrics)."),
     Option("admin_port", "--admin-port", _port, "9901", "Port of the admin listener; 0 turns it off."),
     Option(
         "resolvers",
@@ -391,6 +417,35 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("log_level", "--log-level", _log_level, "info", "debug, info, warning or error."),
     Option("log_format", "--log-format", _log_format, "json", "json (one object per line, for CloudWatch) or text."),
+    Option("access_log", "--access-log", _access_log, "json", "off, or json: one line per request on stdout."),
+    Option(
+        "metrics_max_deployments",
+        "--metrics-max-deployments",
+        _positive_int,
+        "500",
+        "Deployments that get their own metric label; the rest count under _other.",
+    ),
+    Option(
+        "deployment_max_inflight",
+        "--deployment-max-inflight",
+        _zero_or_positive_int,
+        "0",
+        "Most requests in flight to one deployment; beyond it 503 deployment_overloaded at once. 0: no limit.",
+    ),
+    Option(
+        "deployment_rate",
+        "--deployment-rate",
+        _zero_or_positive_float,
+        "0",
+        "Requests per second one deployment may receive (token bucket); beyond it 429 rate_limited. 0: no limit.",
+    ),
+    Option(
+        "deployment_burst",
+        "--deployment-burst",
+        _zero_or_positive_int,
+        "0",
+        "Bucket size of --deployment-rate; 0 means one second's worth.",
+    ),
 )
 # fmt: on
 

@@ -28,6 +28,10 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     return {"uvloop": uvloop.new_event_loop}
 
 
+# The name the router asks about on start to learn that its resolver answers (for /ready).
+PROBE = "_whaleray-probe"
+
+
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as probe:
         probe.bind((host, 0))
@@ -303,6 +307,7 @@ class RouterProcess:
     process: asyncio.subprocess.Process
     port: int
     admin_port: int
+    upstream_port: int
 
     def peak_rss_bytes(self) -> int:
         """VmHWM: the most resident memory the process ever had."""
@@ -370,7 +375,7 @@ async def router_process(
             stderr=asyncio.subprocess.STDOUT,
             env={key: value for key, value in os.environ.items() if not key.startswith("WHALERAY_")},
         )
-        instance = RouterProcess(process, port, admin_port)
+        instance = RouterProcess(process, port, admin_port, upstream_port)
         started.append(instance)
         await wait_for_port(port)
         return instance

@@ -80,7 +80,9 @@ async def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(
     assert await asyncio.wait_for(router.process.wait(), 10) == 0
     assert router.process.stdout is not None
     lines = [json.loads(line) for line in (await router.process.stdout.read()).decode().splitlines()]
-    assert any(line["message"] == "drained" and line["unfinished_requests"] == 0 for line in lines)
+    assert any(line.get("message") == "drained" and line["unfinished_requests"] == 0 for line in lines)
+    access = [line for line in lines if line.get("type") == "access"]
+    assert [(line["path"], line["status"]) for line in access] == [("/services/hello/slow", 200)]
 
 
 async def test_download_past_a_slow_client_keeps_memory_bounded(

@@ -101,6 +101,7 @@ class Discovery:
         self.budget = QueryBudget(settings.dns_max_qps)
         self.stats = DiscoveryStats()
         self.on_removed = on_removed
+        self.on_query: Callable[[float], None] = lambda duration_s: None  # metrics hook
         self._lookup = lookup
         self._srv_lookup = srv_lookup if settings.discovery == "srv" else None
         self._clock = clock
@@ -166,6 +167,7 @@ class Discovery:
     async def _answer(self, deployment: str) -> Entry:
         self.stats.queries += 1
         name = self._prefix + deployment + self._suffix
+        started = self._clock()
         try:
             if self._srv_lookup is not None:
                 srv = await self._srv_lookup(name)
@@ -175,12 +177,15 @@ class Discovery:
                 found, ttl_s = tuple((host, self._port) for host in answer.hosts), answer.ttl_s
         except NameNotFound:
             self.answered_once = True
+            self.on_query(self._clock() - started)
             self._forget(deployment, ())
             return self.cache.store_negative(deployment, self._clock())
         except ResolverFailure as error:
+            self.on_query(self._clock() - started)
             return self._on_failure(deployment, str(error))
         self.answered_once = True
         now = self._clock()
+        self.on_query(now - started)
         allowed = tuple(address for address in found if address_allowed(address[0], self._allowed))
         if not allowed:
             self.stats.forbidden += 1
@@ -203,6 +208,17 @@ class Discovery:
         if removed:
             log.info("addresses left the answer", extra={"deployment": deployment, "removed": sorted(removed)})
             self.on_removed(removed)
+
+    async def probe(self) -> bool:
+        """Ask the resolver about a name that need not exist: any answer, NXDOMAIN included, proves it works."""
+        try:
+            await self._lookup("_whaleray-probe" + self._suffix)
+        except NameNotFound:
+            pass
+        except ResolverFailure:
+            return False
+        self.answered_once = True
+        return True
 
     def _on_failure(self, deployment: str, detail: str) -> Entry:
         self.stats.failures += 1

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import time
 from collections import deque
 from typing import cast
 
@@ -30,6 +32,8 @@ from router.discovery.balancer import Balancer
 from router.discovery.cache import Address, Entry, EntryKind
 from router.discovery.service import Discovery
 from router.errors import ERRORS, RouterError, error_body, reason_phrase
+from router.logs import AccessLog
+from router.metrics import Metrics
 from router.proxy.headers import (
     ForwardContext,
     HeaderError,
@@ -69,8 +73,17 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 class ServerState:
     """What every connection shares: settings, discovery, pool, balancer, counters, the drain flag."""
 
-    def __init__(self, settings: Settings, discovery: Discovery, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        discovery: Discovery,
+        loop: asyncio.AbstractEventLoop,
+        metrics: Metrics,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics
+        self.access_log = access_log
         self.discovery = discovery
         self.loop = loop
         self.balancer = Balancer()
@@ -86,6 +99,10 @@ class ServerState:
         self.upstream_reuses = 0
         # Addresses a DNS answer dropped, with when: their connections are closed instead of pooled.
         self.retired: dict[Address, float] = {}
+        # Per-deployment limits. Keys are only deployments with requests in flight (removed at zero) or, for
+        # rate buckets, deployments that resolved (pruned once full again): both stay bounded.
+        self.inflight_by_deployment: dict[str, int] = {}
+        self.rate_buckets: dict[str, list[float]] = {}
         self._request_id_prefix = os.urandom(6).hex().encode()
         self._request_counter = 0
 
@@ -100,9 +117,50 @@ class ServerState:
             connection.check_deadlines(now)
         for upstream in self.pool.expire(now):
             upstream.close()
+        if self.rate_buckets:  # a full bucket is the same as no bucket
+            burst = self.rate_burst()
+            self.rate_buckets = {
+                name: bucket
+                for name, bucket in self.rate_buckets.items()
+                if bucket[0] + (now - bucket[1]) * self.settings.deployment_rate < burst
+            }
         if self.retired:  # a retired address outlives its last response by the longest a response may take
             horizon = now - self.settings.upstream_header_timeout_s - self.settings.upstream_read_timeout_s
             self.retired = {address: at for address, at in self.retired.items() if at > horizon}
+
+    def rate_burst(self) -> float:
+        return float(self.settings.deployment_burst or max(1.0, self.settings.deployment_rate))
+
+    def take_rate_token(self, deployment: str) -> float:
+        """0 when `deployment` may send a request now, else the seconds until it may (token bucket)."""
+        rate, now = self.settings.deployment_rate, self.loop.time()
+        bucket = self.rate_buckets.get(deployment)
+        if bucket is None:
+            bucket = self.rate_buckets[deployment] = [self.rate_burst(), now]
+        bucket[0] = min(self.rate_burst(), bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return 0.0
+        return (1.0 - bucket[0]) / rate
+
+    def record(self, exchange: Exchange, status: int) -> None:
+        """Count a finished (or abandoned) exchange, release its limit slot, and log it."""
+        duration = time.perf_counter() - exchange.started_at
+        label = self.metrics.label(exchange.deployment, exchange.resolved)
+        self.metrics.request(label, status, duration)
+        if exchange.admitted:
+            exchange.admitted = False
+            remaining = self.inflight_by_deployment.get(exchange.deployment, 1) - 1
+            if remaining > 0:
+                self.inflight_by_deployment[exchange.deployment] = remaining
+            else:
+                self.inflight_by_deployment.pop(exchange.deployment, None)
+        if self.access_log is not None:
+            self.access_log.write(access_line(exchange, status, duration))
+
+    def upstream_active(self) -> int:
+        return sum(1 for connection in self.connections if connection.active is not None and connection.active.upstream)
 
     def retire_addresses(self, removed: set[Address]) -> None:
         """DNS no longer lists `removed`: close their idle connections now, and the busy ones when done."""
@@ -116,12 +174,15 @@ class ServerState:
         self.pool.discard(upstream.address, upstream)
 
     async def connect(self, address: Address) -> UpstreamConnection:
-        """A new backend connection. `create_connection(host, port)`, never `sock=`: see the README."""
+        """A new backend connection. `create_connection(host, port)`, never `sock=`: uvloop before 0.23 closed
+        a recycled descriptor when a connect on a pre-made socket was cancelled by a timeout."""
+        started = self.loop.time()
         async with asyncio.timeout(self.settings.upstream_connect_timeout_s):
             _, upstream = await self.loop.create_connection(
                 lambda: UpstreamConnection(address, self.forget_idle), address[0], address[1]
             )
         self.upstream_connects += 1
+        self.metrics.connect_duration.observe(self.loop.time() - started)
         return upstream
 
     def release(self, upstream: UpstreamConnection) -> None:
@@ -174,6 +235,13 @@ class Exchange:
         "head_done",
         "tunnel",
         "continue_sent",
+        "started_at",
+        "status",
+        "bytes_out",
+        "dns_result",
+        "error_code",
+        "admitted",
+        "resolved",
     )
 
     def __init__(self, conn: ClientConnection) -> None:
@@ -210,12 +278,20 @@ class Exchange:
         self.upstream_deadline = 0.0
         self.tunnel = False
         self.continue_sent = False
+        self.started_at = 0.0
+        self.status = 0
+        self.bytes_out = 0
+        self.dns_result = ""
+        self.error_code = ""
+        self.admitted = False  # holds a slot of --deployment-max-inflight
+        self.resolved = False  # reached a positive DNS answer: the deployment earns its own metric label
 
     # --- the request head ----------------------------------------------------------------------------------
 
     def complete_head(self, parser: httptools.HttpRequestParser) -> None:
         """Validate the parsed head; a problem becomes `self.error`, answered when the exchange starts."""
         self.head_done = True
+        self.started_at = time.perf_counter()  # uvloop's loop.time() ticks in milliseconds: too coarse here
         self.method = parser.get_method()
         self.keep_alive = parser.should_keep_alive()
         version = parser.get_http_version()
@@ -278,19 +354,34 @@ class Exchange:
         now = state.loop.time()
         entry = state.discovery.cached(self.deployment, now)
         address: Address | None = None
+        if entry is not None:
+            self._note_dns(entry, "hit")
         if entry is not None and entry.kind is EntryKind.POSITIVE:
+            if (state.settings.deployment_rate or state.settings.deployment_max_inflight) and not self._admit():
+                return
             address = state.balancer.pick(entry, now)
             upstream = state.pool.acquire(address, now)
             if upstream is not None:
                 state.upstream_reuses += 1
+                state.metrics.reused += 1
                 self.attach(upstream, address, reused=True)
                 return
         self.task = state.loop.create_task(self._resolve_and_connect(entry, address))
 
     async def _resolve_and_connect(self, entry: Entry | None, address: Address | None) -> None:
+        settings = self.state.settings
         try:
             if entry is None:
-                entry = await self.state.discovery.resolve(self.deployment)
+                try:
+                    entry = await self.state.discovery.resolve(self.deployment)
+                except RouterError as error:
+                    self._note_dns(None, "busy" if error.code == "resolver_busy" else "error")
+                    raise
+                self._note_dns(entry, "miss")
+                if entry.kind is EntryKind.POSITIVE and (
+                    (settings.deployment_rate or settings.deployment_max_inflight) and not self._admit()
+                ):
+                    return
             if entry.kind is EntryKind.NEGATIVE:
                 raise RouterError("deployment_not_found")
             if entry.kind is EntryKind.FORBIDDEN:
@@ -306,6 +397,40 @@ class Exchange:
         finally:
             self.task = None
 
+    def _note_dns(self, entry: Entry | None, result: str) -> None:
+        """The lookup outcome of this request, for the access log and whaleray_dns_lookups_total."""
+        if entry is not None:
+            if entry.kind is not EntryKind.POSITIVE:
+                result = "negative"
+            elif entry.stale:
+                result = "stale"
+            self.resolved = entry.kind is EntryKind.POSITIVE
+        self.dns_result = result
+        self.state.metrics.dns_lookups[result] += 1
+
+    def _admit(self) -> bool:
+        """The per-deployment limits: the rate first (a refused request holds no in-flight slot), then the cap."""
+        state, settings = self.state, self.state.settings
+        if settings.deployment_rate:
+            wait_s = state.take_rate_token(self.deployment)
+            if wait_s:
+                state.metrics.rejection(state.metrics.label(self.deployment, True), "rate")
+                self.respond_error("rate_limited", b"Retry-After: %d\r\n" % max(1, math.ceil(wait_s)))
+                return False
+        if settings.deployment_max_inflight:
+            count = state.inflight_by_deployment.get(self.deployment, 0)
+            if count >= settings.deployment_max_inflight:
+                state.metrics.rejection(state.metrics.label(self.deployment, True), "inflight")
+                self.respond_error("deployment_overloaded")
+                return False
+            state.inflight_by_deployment[self.deployment] = count + 1
+            self.admitted = True
+        return True
+
+    def _upstream_error(self, kind: str) -> None:
+        metrics = self.state.metrics
+        metrics.upstream_error(metrics.label(self.deployment, self.resolved), kind)
+
     async def _connect(self, entry: Entry, address: Address | None, fresh_only: bool = False) -> None:
         """Borrow or open a connection, trying up to MAX_CONNECT_ATTEMPTS addresses when connects are refused."""
         state = self.state
@@ -318,14 +443,17 @@ class Exchange:
                 pooled = state.pool.acquire(address, now)
                 if pooled is not None:
                     state.upstream_reuses += 1
+                    state.metrics.reused += 1
                     self.attach(pooled, address, reused=True)
                     return
             try:
                 upstream = await state.connect(address)
             except TimeoutError:
                 state.balancer.failed(address, state.loop.time())
+                self._upstream_error("connect_timeout")
                 raise RouterError("upstream_timeout", f"connect to {address}") from None
             except OSError as error:
+                self._upstream_error("connect_refused")
                 duration = state.balancer.failed(address, state.loop.time())
                 log.warning(
                     "upstream connect failed",
@@ -464,7 +592,10 @@ class Exchange:
         elif not self.http_minor:
             framing += b"Connection: keep-alive\r\n"
         self.response_started = True
-        self.conn.write(response_head(status_line, info, self.request_id, framing))
+        self.status = status
+        head = response_head(status_line, info, self.request_id, framing)
+        self.bytes_out += len(head)
+        self.conn.write(head)
         self.upstream_deadline = self.state.loop.time() + self.state.settings.upstream_read_timeout_s
 
     def _switch_protocols(self, status_line: bytes, info: ResponseHeaders) -> None:
@@ -473,11 +604,13 @@ class Exchange:
             return
         upgrade_lines = b"Connection: upgrade\r\nUpgrade: " + info.upgrade + b"\r\n"
         self.response_started = True
+        self.status = 101
         self.upstream_deadline = 0.0
         self.conn.write(response_head(status_line, info, self.request_id, upgrade_lines))
         self.conn.start_tunnel(self.upstream)
 
     def on_response_body(self, data: bytes) -> None:
+        self.bytes_out += len(data)
         if self.response_chunked:
             self.conn.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
         else:
@@ -525,7 +658,11 @@ class Exchange:
             self.on_response_complete()
             return
         if self.response_started:
-            log.warning("upstream closed mid-response", extra={"deployment": self.deployment})
+            log.warning(
+                "upstream closed mid-response",
+                extra={"deployment": self.deployment, "request_id": self.request_id.decode()},
+            )
+            self._upstream_error("truncated")
             self.conn.abort()  # a clean truncation: the client sees the connection close, never a wrong body
             return
         if kind == "lost" and upstream is not None and self._may_retry(upstream):
@@ -535,6 +672,7 @@ class Exchange:
             if entry is not None and entry.addresses:
                 self.task = self.state.loop.create_task(self._retry(entry))
                 return
+        self._upstream_error("bad_response" if kind == "bad_response" else "reset_before_response")
         self._upstream_failed("upstream_bad_response" if kind == "bad_response" else "upstream_unavailable")
 
     def _may_retry(self, upstream: UpstreamConnection) -> bool:
@@ -563,6 +701,7 @@ class Exchange:
             self.respond_error(code)
 
     def upstream_timed_out(self) -> None:
+        self._upstream_error("read_timeout" if self.response_started else "header_timeout")
         self._upstream_failed("upstream_timeout")
 
     def _drop_upstream(self) -> None:
@@ -573,8 +712,9 @@ class Exchange:
 
     # --- local answers ---------------------------------------------------------------------------------------
 
-    def respond_error(self, code: str) -> None:
+    def respond_error(self, code: str, extra: bytes = b"") -> None:
         kind = ERRORS[code]
+        self.error_code = code
         if code == "deployment_not_found" or code.startswith("upstream_") or code.startswith("resolver_"):
             body = error_body(kind, self.request_id.decode(), self.deployment)
         else:
@@ -584,7 +724,7 @@ class Exchange:
                 "request failed",
                 extra={"code": code, "deployment": self.deployment, "request_id": self.request_id.decode()},
             )
-        self.conn.respond_local(self, kind.status, body)
+        self.conn.respond_local(self, kind.status, body, extra)
 
     def abandon(self) -> None:
         """The client is gone: stop everything this exchange started."""
@@ -637,6 +777,8 @@ class ClientConnection(asyncio.Protocol):
         active, self._active = self._active, None
         if active is not None and not active.finished:
             self.state.inflight -= 1
+            # 499 (Nginx's "client closed request") when nothing was answered yet.
+            self.state.record(active, active.status or 499)
             active.abandon()
         for queued in self._queue:
             queued.abandon()
@@ -773,6 +915,7 @@ class ClientConnection(asyncio.Protocol):
             return
         exchange.finished = True
         self.state.inflight -= 1
+        self.state.record(exchange, exchange.status)
         if self._active is exchange:
             self._active = None
         if self._paused:
@@ -873,6 +1016,8 @@ class ClientConnection(asyncio.Protocol):
             )
         )
         exchange.response_started = True
+        exchange.status = status
+        exchange.bytes_out = len(head) + len(body)
         exchange._drop_upstream()
         if exchange.task is not None and exchange.task is not asyncio.current_task():
             exchange.task.cancel()
@@ -926,6 +1071,10 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.close()
 
+    @property
+    def active(self) -> Exchange | None:
+        return self._active
+
     def close_if_idle(self) -> None:
         if self._active is None and not self._queue and self._parsing is None:
             self.close()
@@ -959,3 +1108,26 @@ class ClientConnection(asyncio.Protocol):
     def __repr__(self) -> str:
         active = self._active is not None
         return f"<ClientConnection {self.peer_ip.decode()} [Active: {active} | Queued: {len(self._queue)}]>"
+
+
+def access_line(exchange: Exchange, status: int, duration_s: float) -> dict[str, object]:
+    """The access-log fields of one request. The path is logged without its query string (tokens live there)."""
+    info = exchange.info
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "type": "access",
+        "request_id": exchange.request_id.decode(),
+        "trace_id": info.trace_id.decode("latin-1") if info is not None and info.trace_id else None,
+        "client_ip": exchange.conn.peer_ip.decode(),
+        "method": exchange.method.decode("latin-1"),
+        "deployment": exchange.deployment or None,
+        "path": exchange.target.split(b"?", 1)[0].decode("latin-1"),
+        "status": status,
+        "bytes_in": exchange.body_received,
+        "bytes_out": exchange.bytes_out,
+        "duration_ms": round(duration_s * 1000, 3),
+        "upstream": f"{exchange.address[0]}:{exchange.address[1]}" if exchange.address else None,
+        "upstream_reused": exchange.reused if exchange.address else None,
+        "dns": exchange.dns_result or None,
+        "error": exchange.error_code or None,
+    }

@@ -1,0 +1,278 @@
+"""Operating the router: metrics, access log, readiness, graceful drain, per-deployment limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from router.demo.dns import DemoDnsServer
+from tests.conftest import BackendFactory, RouterFactory, RouterProcess, free_port, read_response
+
+StartRouter = Callable[..., Awaitable[RouterProcess]]
+
+
+async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, str], bytes]:
+    async with session.get(url) as response:
+        return response.status, dict(response.headers), await response.read()
+
+
+async def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+async def test_metrics_count_what_happened(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    admin = free_port()
+    router = await make_router("--admin-port", str(admin), "--admin-host", "127.0.0.1")
+    dns.set_a("hello", ["127.0.0.2"])
+    dns.set_a("down", ["127.0.0.9"])
+    await backend("127.0.0.2")
+    base = f"http://127.0.0.1:{router.port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(5):
+            assert (await get(session, f"{base}/services/hello/x"))[0] == 200
+        assert (await get(session, f"{base}/services/ghost/"))[0] == 502
+        assert (await get(session, f"{base}/services/down/"))[0] == 502
+        assert (await get(session, f"{base}/nope"))[0] == 404
+    samples = await scrape(admin)
+    requests = samples["whaleray_requests_total"]
+    assert requests[(("code", "200"), ("deployment", "hello"))] == 5
+    assert requests[(("code", "502"), ("deployment", "_unknown"))] == 1  # ghost never resolved: no label
+    assert requests[(("code", "502"), ("deployment", "down"))] == 1
+    assert requests[(("code", "404"), ("deployment", "_unknown"))] == 1
+    assert samples["whaleray_request_duration_seconds_count"][(("deployment", "hello"),)] == 5
+    assert samples["whaleray_upstream_connections_reused_total"][()] == 4
+    assert samples["whaleray_upstream_errors_total"][(("deployment", "down"), ("kind", "connect_refused"))] >= 1
+    lookups = samples["whaleray_dns_lookups_total"]
+    assert lookups[(("result", "miss"),)] == 2  # hello and down: queried, found
+    assert lookups[(("result", "negative"),)] == 1  # ghost: queried, NXDOMAIN
+    assert lookups[(("result", "hit"),)] == 4
+    assert samples["whaleray_dns_query_duration_seconds_count"][()] >= 3
+    assert samples["whaleray_upstream_connect_duration_seconds_count"][()] == 1
+    assert samples["whaleray_upstream_connections"][(("state", "idle"),)] == 1
+    assert samples["whaleray_upstream_connections"][(("state", "active"),)] == 0
+    assert samples["whaleray_inflight_requests"][()] == 0
+    assert samples["whaleray_dns_cache_entries"][()] == 3
+    assert "whaleray_client_connections" in samples
+    assert router.registry.get_sample_value("whaleray_requests_total", {"deployment": "hello", "code": "200"}) == 5
+
+
+async def test_labels_stay_bounded_under_a_scan_of_random_ids(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    router = await make_router("--metrics-max-deployments", "3", "--dns-max-qps", "2000")
+    await backend("127.0.0.2")
+    for index in range(5):
+        dns.set_a(f"real-{index}", ["127.0.0.2"])
+    base = f"http://127.0.0.1:{router.port}"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as session:
+        for index in range(5):
+            assert (await get(session, f"{base}/services/real-{index}/"))[0] == 200
+
+        async def scan(count: int) -> None:
+            for _ in range(count):
+                await get(session, f"{base}/services/x{secrets.token_hex(8)}/")
+
+        await asyncio.gather(*(scan(200) for _ in range(50)))  # 10,000 random ids
+    labels = {
+        labels["deployment"]
+        for (labels,) in [
+            (dict(sample.labels),)
+            for family in router.registry.collect()
+            if family.name == "whaleray_requests"
+            for sample in family.samples
+        ]
+    }
+    assert labels == {"real-0", "real-1", "real-2", "_other", "_unknown"}
+    assert repr(router.metrics) == "<Metrics [Deployment labels: 3/3]>"
+    total = sum(
+        sample.value
+        for family in router.registry.collect()
+        if family.name == "whaleray_requests"
+        for sample in family.samples
+        if sample.name == "whaleray_requests_total"
+    )
+    assert total == 10_005
+
+
+async def test_access_log_lines_are_json_with_every_field(
+    router_process: Callable[..., Awaitable[RouterProcess]], dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    dns.set_a("hello", ["127.0.0.2"])
+    await backend("127.0.0.2")
+    router = await router_process()
+    base = f"http://127.0.0.1:{router.port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{base}/services/hello/api?token=secret",
+            data=b"12345",
+            headers={"X-Request-Id": "req-1", "X-Amzn-Trace-Id": "Root=1-abc"},
+        ) as response:
+            assert response.status == 200
+        assert (await get(session, f"{base}/services/ghost/"))[0] == 502
+    router.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(router.process.wait(), 15) == 0
+    assert router.process.stdout is not None
+    lines = [json.loads(line) for line in (await router.process.stdout.read()).decode().splitlines()]
+    access = [line for line in lines if line.get("type") == "access"]
+    assert len(access) == 2
+    first, second = access
+    assert first["request_id"] == "req-1"
+    assert first["trace_id"] == "Root=1-abc"
+    assert first["client_ip"] == "127.0.0.1"
+    assert (first["method"], first["deployment"], first["path"], first["status"]) == (
+        "POST",
+        "hello",
+        "/services/hello/api",
+        200,
+    )
+    assert "secret" not in json.dumps(first)  # no query string by default
+    assert first["bytes_in"] == 5
+    assert first["bytes_out"] > 0
+    assert first["duration_ms"] >= 0
+    assert first["upstream"] == f"127.0.0.2:{router.upstream_port}"
+    assert first["upstream_reused"] is False
+    assert first["dns"] == "miss"
+    assert first["error"] is None
+    assert (second["status"], second["error"], second["dns"]) == (502, "deployment_not_found", "negative")
+    starting = [line for line in lines if line.get("message") == "starting"]
+    assert starting
+    assert starting[0]["settings"]["upstream_port"] == router.upstream_port
+
+
+async def test_ready_waits_for_the_first_dns_answer(make_router: RouterFactory, dns: DemoDnsServer) -> None:
+    dns.silent = True
+    admin = free_port()
+    await make_router("--admin-port", str(admin), "--admin-host", "127.0.0.1")
+    async with aiohttp.ClientSession() as session:
+        status, _, body = await get(session, f"http://127.0.0.1:{admin}/ready")
+        assert status == 503
+        assert json.loads(body) == {"status": "waiting for the resolver"}
+        assert (await get(session, f"http://127.0.0.1:{admin}/health"))[0] == 200  # liveness is not readiness
+        dns.silent = False
+        deadline = time.monotonic() + 5
+        while (await get(session, f"http://127.0.0.1:{admin}/ready"))[0] != 200:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+
+
+async def test_drain_finishes_requests_in_flight_then_refuses_new_connections(
+    router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.2)
+        return web.Response(text="done")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    dns.set_a("hello", ["127.0.0.2"])
+    await backend("127.0.0.2", app=app)
+    router = await router_process("--drain-delay", "0.6", "--drain-timeout", "10")
+    base = f"http://127.0.0.1:{router.port}"
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", router.port)
+    idle_writer.write(b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert (await read_response(idle_reader))[0] == 200  # now an idle keep-alive connection
+    async with aiohttp.ClientSession() as session:
+        slow_requests = [asyncio.create_task(get(session, f"{base}/services/hello/slow")) for _ in range(3)]
+        await asyncio.sleep(0.3)
+        router.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession() as fresh:  # during the drain delay: still accepted, health says 503
+            status, _, body = await get(fresh, f"{base}/health")
+            assert (status, json.loads(body)) == (503, {"status": "draining"})
+            admin_status = (await get(fresh, f"http://127.0.0.1:{router.admin_port}/health"))[0]
+            assert admin_status == 503
+        results = await asyncio.gather(*slow_requests)
+    assert [(status, body) for status, _, body in results] == [(200, b"done")] * 3
+    assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # the idle connection was closed
+    idle_writer.close()
+    try:
+        await asyncio.open_connection("127.0.0.1", router.port)
+        refused = False
+    except OSError:
+        refused = True
+    assert refused or router.process.returncode is not None
+    assert await asyncio.wait_for(router.process.wait(), 10) == 0
+
+
+async def test_second_signal_exits_at_once(
+    router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    router = await router_process("--drain-delay", "30")
+    router.process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    router.process.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(router.process.wait(), 5) == 1
+
+
+async def test_in_flight_cap_answers_503_at_once(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.5)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", slow)
+    dns.set_a("hello", ["127.0.0.2"])
+    await backend("127.0.0.2", app=app)
+    router = await make_router("--deployment-max-inflight", "2")
+    base = f"http://127.0.0.1:{router.port}"
+    async with aiohttp.ClientSession() as session:
+        started = time.monotonic()
+        first = [asyncio.create_task(get(session, f"{base}/services/hello/a")) for _ in range(2)]
+        await asyncio.sleep(0.15)
+        status, _, body = await get(session, f"{base}/services/hello/b")
+        assert time.monotonic() - started < 0.45  # not queued behind the slow ones
+        assert (status, json.loads(body)["code"]) == (503, "deployment_overloaded")
+        assert [result[0] for result in await asyncio.gather(*first)] == [200, 200]
+        assert (await get(session, f"{base}/services/hello/c"))[0] == 200  # the slots came back
+    assert (
+        router.registry.get_sample_value(
+            "whaleray_rejected_requests_total", {"deployment": "hello", "reason": "inflight"}
+        )
+        == 1
+    )
+    assert router.state is not None
+    assert router.state.inflight_by_deployment == {}
+
+
+async def test_rate_limit_answers_429_with_retry_after(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    dns.set_a("hello", ["127.0.0.2"])
+    dns.set_a("other", ["127.0.0.2"])
+    await backend("127.0.0.2")
+    router = await make_router("--deployment-rate", "1", "--deployment-burst", "2")
+    base = f"http://127.0.0.1:{router.port}"
+    async with aiohttp.ClientSession() as session:
+        statuses = []
+        for _ in range(4):
+            status, headers, body = await get(session, f"{base}/services/hello/")
+            statuses.append(status)
+        assert statuses == [200, 200, 429, 429]
+        assert headers["Retry-After"] == "1"
+        assert json.loads(body)["code"] == "rate_limited"
+        assert (await get(session, f"{base}/services/other/"))[0] == 200  # per deployment
+        await asyncio.sleep(1.1)
+        assert (await get(session, f"{base}/services/hello/"))[0] == 200
+    assert (
+        router.registry.get_sample_value("whaleray_rejected_requests_total", {"deployment": "hello", "reason": "rate"})
+        == 2
+    )
