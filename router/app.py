@@ -20,7 +20,7 @@ from router.admin import AdminServer
 from router.discovery.resolver import DnsResolver
 from router.discovery.service import Discovery
 from router.logs import AccessLog, setup_logging
-from router.metrics import Gauges, Metrics
+from router.metrics import Gauges, Metrics, NullMetrics
 from router.proxy.server import ClientConnection, ServerState
 from router.settings import Settings
 
@@ -57,7 +57,9 @@ class Router:
         self._ticker: asyncio.TimerHandle | None = None
         self._tick_s = tick_interval(settings)
         self.registry = CollectorRegistry()
-        self.metrics = Metrics(self.registry, settings.metrics_max_deployments)
+        self.metrics = (
+            Metrics(self.registry, settings.metrics_max_deployments) if settings.metrics else NullMetrics(self.registry)
+        )
         self.access_log: AccessLog | None = None
         self._probe: asyncio.Task[None] | None = None
 

@@ -5,6 +5,7 @@ Fields passed with `extra={...}` become top-level keys of the JSON line.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import queue
@@ -55,43 +56,128 @@ def setup_logging(level: str, log_format: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-class AccessLog:
-    """One JSON line per request on stdout, written by a thread so the event loop never blocks on stdout.
+ACCESS_FIELDS = (
+    "time",
+    "request_id",
+    "trace_id",
+    "client_ip",
+    "method",
+    "deployment",
+    "path",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "upstream",
+    "upstream_reused",
+    "dns",
+    "error",
+)
 
-    The loop only puts a dict on a queue; the thread serialises and writes in batches. The queue is bounded:
-    when stdout cannot keep up, lines are dropped and counted rather than growing memory or stalling requests.
+
+class AccessLog:
+    """One JSON line per request on stdout, without blocking the event loop and without a wake-up per request.
+
+    The loop appends a tuple of raw values to a list (about 0.1 us); every `flush_s` the list is handed to a
+    writer thread in one piece, and the thread formats and writes the batch. A slow stdout therefore never
+    blocks a request. Batches waiting for the thread are bounded: beyond MAX_QUEUED_BATCHES the oldest batch
+    is dropped and counted rather than memory grown.
     """
 
-    MAX_QUEUED = 65536  # bounds the memory a slow stdout can pin
+    MAX_QUEUED_BATCHES = 64  # bounds the memory a stalled stdout can pin (with the flush interval: ~6 s)
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    def __init__(self, stream: IO[str] | None = None, flush_s: float = 0.1) -> None:
         self._stream = stream if stream is not None else sys.stdout
-        self._queue: queue.Queue[dict[str, object] | None] = queue.Queue(self.MAX_QUEUED)
+        self._flush_s = flush_s
+        self._pending: list[tuple[object, ...]] = []
+        self._batches: queue.Queue[list[tuple[object, ...]] | None] = queue.Queue()
+        self._timer: asyncio.TimerHandle | None = None
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
         self._thread.start()
 
-    def write(self, line: dict[str, object]) -> None:
-        try:
-            self._queue.put_nowait(line)
-        except queue.Full:
-            self.dropped += 1
+    def write(self, values: tuple[object, ...]) -> None:
+        """`values` in the order of ACCESS_FIELDS, `time` as a Unix timestamp."""
+        self._pending.append(values)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._flush_s, self.flush)
+
+    def flush(self) -> None:
+        self._timer = None
+        if self._pending:
+            if self._batches.qsize() >= self.MAX_QUEUED_BATCHES:
+                self.dropped += len(self._pending)
+            else:
+                self._batches.put(self._pending)
+            self._pending = []
 
     def close(self) -> None:
-        self._queue.put(None)
+        if self._timer is not None:
+            self._timer.cancel()
+        self.flush()
+        self._batches.put(None)
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < 512:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            lines = [json.dumps(line, separators=(",", ":"), default=str) for line in batch if line is not None]
-            if lines:
-                self._stream.write("\n".join(lines) + "\n")
-                self._stream.flush()
-            if batch[-1] is None or None in batch:
-                return
+        second, stamp = -1, ""
+        while (batch := self._batches.get()) is not None:
+            lines = []
+            for values in batch:
+                now = int(values[0])  # type: ignore[call-overload]
+                if now != second:
+                    second, stamp = now, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+                lines.append(format_access(stamp, values))
+            self._stream.write("\n".join(lines) + "\n")
+            self._stream.flush()
+
+
+# Only `trace_id` and `path` can hold arbitrary characters (ids, methods, addresses and codes are validated
+# tokens), so only they go through the JSON string encoder (C); the rest is plain %-formatting: a few
+# microseconds a line, which matters because formatting holds the GIL the event loop needs.
+_ACCESS_TEMPLATE = (
+    '{"time":"%s","type":"access","request_id":"%s","trace_id":%s,"client_ip":"%s","method":"%s",'
+    '"deployment":%s,"path":%s,"status":%d,"bytes_in":%d,"bytes_out":%d,"duration_ms":%s,"upstream":%s,'
+    '"upstream_reused":%s,"dns":%s,"error":%s}'
+)
+_encode_string = json.encoder.encode_basestring_ascii
+
+
+def _token(value: object) -> str:
+    return "null" if value is None else f'"{value}"'
+
+
+def format_access(stamp: str, values: tuple[object, ...]) -> str:
+    (
+        _,
+        request_id,
+        trace_id,
+        client_ip,
+        method,
+        deployment,
+        path,
+        status,
+        bytes_in,
+        bytes_out,
+        duration_ms,
+        upstream,
+        reused,
+        dns,
+        error,
+    ) = values
+    return _ACCESS_TEMPLATE % (
+        stamp,
+        request_id,
+        "null" if trace_id is None else _encode_string(str(trace_id)),
+        client_ip,
+        method,
+        _token(deployment),
+        _encode_string(str(path)),
+        status,
+        bytes_in,
+        bytes_out,
+        duration_ms,
+        _token(upstream),
+        "null" if reused is None else ("true" if reused else "false"),
+        _token(dns),
+        _token(error),
+    )

@@ -172,3 +172,22 @@ class Metrics(Collector):
 
     def __repr__(self) -> str:
         return f"<Metrics [Deployment labels: {len(self._labels)}/{self.max_deployments}]>"
+
+
+class NullMetrics(Metrics):
+    """`--metrics off`: the same interface, recording nothing (the benchmark measures what metrics cost)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(CollectorRegistry(), 0)  # registered nowhere that is scraped
+
+    def label(self, deployment: str, resolved: bool) -> str:
+        return UNKNOWN
+
+    def request(self, label: str, status: int, duration_s: float) -> None:
+        return
+
+    def upstream_error(self, label: str, kind: str) -> None:
+        return
+
+    def rejection(self, label: str, reason: str) -> None:
+        return

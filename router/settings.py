@@ -76,6 +76,7 @@ class Settings:
     log_level: str
     log_format: str
     access_log: str
+    metrics: bool
     metrics_max_deployments: int
     deployment_max_inflight: int
     deployment_rate: float
@@ -205,6 +206,13 @@ def _access_log(text: str) -> str:
     if value not in {"off", "json"}:
         raise ValueError("must be off or json")
     return value
+
+
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in {"on", "off"}:
+        raise ValueError("must be on or off")
+    return value == "on"
 
 
 def _zero_or_positive_int(text: str) -> int:
@@ -418,6 +426,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_level", "--log-level", _log_level, "info", "debug, info, warning or error."),
     Option("log_format", "--log-format", _log_format, "json", "json (one object per line, for CloudWatch) or text."),
     Option("access_log", "--access-log", _access_log, "json", "off, or json: one line per request on stdout."),
+    Option("metrics", "--metrics", _on_off, "on", "on, or off: record nothing and serve an empty /metrics."),
     Option(
         "metrics_max_deployments",
         "--metrics-max-deployments",

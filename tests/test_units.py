@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,6 +13,7 @@ from router.discovery.budget import QueryBudget
 from router.discovery.cache import DnsCache, EntryKind
 from router.discovery.resolver import SrvTarget
 from router.discovery.service import address_allowed, plan_srv
+from router.logs import ACCESS_FIELDS, format_access
 from router.proxy.headers import ForwardContext, HeaderError, analyse_request, analyse_response, upstream_head
 from router.proxy.pool import ConnectionPool
 from router.proxy.route import RouteKind, parse_target
@@ -333,3 +336,31 @@ def test_srv_plan_with_zero_weights_spreads_evenly() -> None:
     slots, backup = plan_srv((SrvTarget("10.0.0.1", 1, 0, 0), SrvTarget("10.0.0.2", 2, 0, 0)))
     assert sorted(slots) == [("10.0.0.1", 1), ("10.0.0.2", 2)]
     assert backup == ()
+
+
+# --- access log format ------------------------------------------------------------------------------------
+
+
+def test_access_lines_are_json_whatever_the_path_and_trace_id() -> None:
+    values = (
+        0.0,
+        "rid",
+        'Root=1-"x"\\\n',
+        "10.0.0.1",
+        "GET",
+        "dep",
+        '/a"b\\c\x00\xff',
+        200,
+        1,
+        2,
+        0.5,
+        "10.0.0.2:3000",
+        True,
+        "hit",
+        None,
+    )
+    line = json.loads(format_access("2026-01-01T00:00:00Z", values))
+    assert list(line) == ["time", "type", *ACCESS_FIELDS[1:]]
+    assert line["path"] == '/a"b\\c\x00\xff'
+    assert line["trace_id"] == 'Root=1-"x"\\\n'
+    assert (line["upstream_reused"], line["error"], line["deployment"]) == (True, None, "dep")
