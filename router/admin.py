@@ -1,29 +1,37 @@
 """The admin listener (aiohttp): /health, /ready and /metrics. Never behind the ALB rule.
 
 It runs on its own port so probes and scrapes never compete with proxied traffic for the data plane's
-listener, and so nothing on it is reachable through `/services/*`.
+listener, and so nothing on it is reachable through `/services/*`. With `--workers`, the supervisor serves it
+and /metrics adds up every worker.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from router.proxy.server import ServerState
 from router.settings import Settings
 
 
 class AdminServer:
-    def __init__(self, settings: Settings, state: ServerState, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry,
+        draining: Callable[[], bool],
+        ready: Callable[[], bool],
+    ) -> None:
         self._settings = settings
-        self._state = state
         self._registry = registry
+        self._draining = draining
+        self._ready = ready
         self._runner: web.AppRunner | None = None
-        self.port = settings.admin_port
         app = web.Application()
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/ready", self._ready)
-        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/health", self._health_page)
+        app.router.add_get("/ready", self._ready_page)
+        app.router.add_get("/metrics", self._metrics_page)
         self._app = app
 
     async def start(self) -> None:
@@ -36,20 +44,19 @@ class AdminServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def _health(self, request: web.Request) -> web.Response:
-        if self._state.draining:
+    async def _health_page(self, request: web.Request) -> web.Response:
+        if self._draining():
             return web.json_response({"status": "draining"}, status=503)
         return web.json_response({"status": "healthy"})
 
-    async def _ready(self, request: web.Request) -> web.Response:
-        """Ready once the resolver has answered (any answer, NXDOMAIN included) and the router is not draining."""
-        discovery = self._state.discovery
-        if self._state.draining:
+    async def _ready_page(self, request: web.Request) -> web.Response:
+        """Ready once the resolver has answered (any answer, NXDOMAIN included) and not draining."""
+        if self._draining():
             return web.json_response({"status": "draining"}, status=503)
-        if not discovery.answered_once:
+        if not self._ready():
             return web.json_response({"status": "waiting for the resolver"}, status=503)
         return web.json_response({"status": "ready"})
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def _metrics_page(self, request: web.Request) -> web.Response:
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

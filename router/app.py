@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import signal
 import socket
+from typing import TYPE_CHECKING
 
 import uvloop
 from prometheus_client import CollectorRegistry
@@ -23,6 +26,9 @@ from router.logs import AccessLog, setup_logging
 from router.metrics import Gauges, Metrics, NullMetrics
 from router.proxy.server import ClientConnection, ServerState
 from router.settings import Settings
+
+if TYPE_CHECKING:
+    from router.supervisor import WorkerIdentity
 
 log = logging.getLogger("router")
 
@@ -45,9 +51,20 @@ def tick_interval(settings: Settings) -> float:
     return min(max(shortest / 4, MIN_TICK_S), MAX_TICK_S)
 
 
+# A worker reports its counts to the supervisor this often (/metrics is at most this stale with --workers).
+REPORT_INTERVAL_S = 1.0
+
+
 class Router:
-    def __init__(self, settings: Settings) -> None:
+    """The router in one process. As a worker (`report_fd` set) it shares the port with SO_REUSEPORT and
+    writes a JSON snapshot of its counts to the supervisor's pipe every REPORT_INTERVAL_S."""
+
+    def __init__(self, settings: Settings, reuse_port: bool = False, report_fd: int | None = None) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port
+        self._report_fd = report_fd
+        self._report: asyncio.WriteTransport | None = None
+        self._parent_pid = os.getppid()
         self.port = settings.port
         self.state: ServerState | None = None
         self.admin: AdminServer | None = None
@@ -87,6 +104,7 @@ class Router:
             settings.port,
             family=socket.AF_INET6 if ":" in settings.host else socket.AF_INET,
             reuse_address=True,
+            reuse_port=self.reuse_port or None,
             backlog=LISTEN_BACKLOG,
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -94,8 +112,12 @@ class Router:
         self._schedule_tick()
         self._probe = loop.create_task(self._probe_resolver())
         if settings.admin_port:
-            self.admin = AdminServer(settings, state, self.registry)
+            discovery = self._discovery
+            self.admin = AdminServer(settings, self.registry, lambda: state.draining, lambda: discovery.answered_once)
             await self.admin.start()
+        if self._report_fd is not None:
+            self._report, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(self._report_fd, "wb"))
+            self.state.loop.call_later(REPORT_INTERVAL_S, self._send_report)
         log.info("router listening", extra={"port": self.port, "admin_port": settings.admin_port})
 
     async def _probe_resolver(self) -> None:
@@ -104,6 +126,20 @@ class Router:
         while not self._discovery.answered_once and not await self._discovery.probe():
             log.warning("resolver not answering yet", extra={"resolvers": [str(r) for r in self.settings.resolvers]})
             await asyncio.sleep(1.0)
+
+    def _send_report(self) -> None:
+        if self._report is None or self._report.is_closing() or self.state is None or self._discovery is None:
+            return
+        if os.getppid() != self._parent_pid and not self.state.draining:
+            log.warning("supervisor gone, draining")  # it was killed: do not outlive it
+            os.kill(os.getpid(), signal.SIGTERM)
+        snapshot = {
+            "metrics": self.metrics.snapshot(),
+            "ready": self._discovery.answered_once,
+            "draining": self.state.draining,
+        }
+        self._report.write(json.dumps(snapshot, separators=(",", ":")).encode() + b"\n")
+        self.state.loop.call_later(REPORT_INTERVAL_S, self._send_report)
 
     def _schedule_tick(self) -> None:
         assert self.state is not None
@@ -127,6 +163,9 @@ class Router:
         log.info("drained", extra={"unfinished_requests": state.inflight})
 
     async def stop(self) -> None:
+        self._send_report()  # the final counts, so the supervisor's totals include this worker's last requests
+        if self._report is not None:
+            self._report.close()
         if self._ticker is not None:
             self._ticker.cancel()
         if self._probe is not None:
@@ -149,9 +188,12 @@ class Router:
         await asyncio.sleep(0)
 
 
-async def run(settings: Settings) -> int:
-    router = Router(settings)
-    await router.start()
+async def run(settings: Settings, worker: WorkerIdentity | None = None) -> int:
+    """Serve until a signal, then drain. `worker`: set when a supervisor started this process."""
+    if worker is not None:
+        # The supervisor serves the admin listener; each worker has its own DNS cache, so the query budget,
+        # which protects the resolver shared by the whole task, is divided among the workers.
+        settings = dataclasses.replace(settings, admin_port=0, dns_max_qps=settings.dns_max_qps / worker.count)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     signals_seen = 0
@@ -164,10 +206,14 @@ async def run(settings: Settings) -> int:
             stop_requested.set()
         else:  # a second signal: the operator wants out now
             log.warning("second signal, exiting at once", extra={"signal": signal.Signals(signum).name})
+            logging.shutdown()
             os._exit(1)  # a raise would only reach the loop's exception handler
 
+    # Before the listener opens: a SIGTERM during start-up must drain, not kill the process outright.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    router = Router(settings, reuse_port=worker is not None, report_fd=None if worker is None else worker.report_fd)
+    await router.start()
     await stop_requested.wait()
     drain = asyncio.create_task(router.drain())
     with contextlib.suppress(asyncio.CancelledError):
@@ -176,7 +222,10 @@ async def run(settings: Settings) -> int:
     return 0
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, worker: WorkerIdentity | None = None) -> int:
     setup_logging(settings.log_level, settings.log_format)
-    log.info("starting", extra={"settings": settings.summary(), "version": __version__})
-    return uvloop.run(run(settings))
+    if worker is None:
+        log.info("starting", extra={"settings": settings.summary(), "version": __version__})
+    else:
+        log.info("worker starting", extra={"worker": worker.index, "of": worker.count})
+    return uvloop.run(run(settings, worker))

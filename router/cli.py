@@ -1,10 +1,12 @@
 """The `whaleray-router` command: `serve` (the default) runs the router, `demo` runs the loopback demo.
 
-Exit codes: 0 after a clean drain, 2 for bad settings, 1 when a second signal cuts the drain short.
+With `--workers` other than 1, `serve` runs the supervisor, which starts the workers with the same command
+line. Exit codes: 0 after a clean drain, 2 for bad settings, 1 when a second signal cuts the drain short.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"whaleray-router: error: {error}", file=sys.stderr)
         return USAGE_ERROR
+    from router.supervisor import supervise, worker_identity
+
+    worker = worker_identity(os.environ)
+    if worker is None and settings.workers != 1:
+        return supervise(settings, args)
     from router.app import serve
 
-    return serve(settings)
+    return serve(settings, worker)

@@ -6,9 +6,13 @@ Fields passed with `extra={...}` become top-level keys of the JSON line.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
+import logging.handlers
+import os
 import queue
+import select
 import sys
 import threading
 import time
@@ -47,11 +51,36 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Hands records to the listener thread; when the queue is full (stdout stalled), drops them."""
+
+    dropped = 0
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            DroppingQueueHandler.dropped += 1
+
+
+_listener: logging.handlers.QueueListener | None = None
+MAX_QUEUED_RECORDS = 10_000  # bounds the memory a stalled stdout can pin
+
+
 def setup_logging(level: str, log_format: str) -> None:
+    """Log records are formatted and written by a thread: a stalled stdout (a log driver that stops reading)
+    never blocks the event loop; past MAX_QUEUED_RECORDS records are dropped instead."""
+    global _listener  # noqa: PLW0603 - one listener per process, replaced when logging is set up again
+    if _listener is not None:
+        _listener.stop()
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    records: queue.Queue[logging.LogRecord] = queue.Queue(MAX_QUEUED_RECORDS)
+    _listener = logging.handlers.QueueListener(records, handler)
+    _listener.start()
+    atexit.register(_listener.stop)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [DroppingQueueHandler(records)]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
@@ -127,8 +156,35 @@ class AccessLog:
                 if now != second:
                     second, stamp = now, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
                 lines.append(format_access(stamp, values))
+            self._emit(lines)
+
+    def _emit(self, lines: list[str]) -> None:
+        """Write whole lines in writes of at most PIPE_BUF bytes: with --workers several processes share
+        stdout, and the kernel keeps only such writes to a pipe from interleaving mid-line."""
+        try:
+            fd = self._stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a real file (tests pass a StringIO)
             self._stream.write("\n".join(lines) + "\n")
             self._stream.flush()
+            return
+        self._stream.flush()
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            encoded = line.encode() + b"\n"
+            if chunk and size + len(encoded) > select.PIPE_BUF:
+                _write_all(fd, b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(encoded)
+            size += len(encoded)
+        if chunk:
+            _write_all(fd, b"".join(chunk))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 # Only `trace_id` and `path` can hold arbitrary characters (ids, methods, addresses and codes are validated

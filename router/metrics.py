@@ -15,6 +15,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -170,8 +171,102 @@ class Metrics(Collector):
             family.add_metric([], read())
             yield family
 
+    # --- workers: snapshots and their merge ------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, object]:
+        """Every count as plain JSON, for the supervisor to add up across workers."""
+        gauges = self.gauges
+        return {
+            "requests": [[label, status, count] for (label, status), count in self.requests.items()],
+            "durations": {label: [*h.counts, h.total] for label, h in self.durations.items()},
+            "upstream_errors": [[label, kind, count] for (label, kind), count in self.upstream_errors.items()],
+            "rejections": [[label, reason, count] for (label, reason), count in self.rejections.items()],
+            "dns_lookups": self.dns_lookups,
+            "dns_query_duration": [*self.dns_query_duration.counts, self.dns_query_duration.total],
+            "connect_duration": [*self.connect_duration.counts, self.connect_duration.total],
+            "reused": self.reused,
+            "gauges": {}
+            if gauges is None
+            else {
+                "inflight": gauges.inflight(),
+                "client_connections": gauges.client_connections(),
+                "upstream_active": gauges.upstream_active(),
+                "upstream_idle": gauges.upstream_idle(),
+                "dns_cache_entries": gauges.dns_cache_entries(),
+            },
+        }
+
+    def add_snapshot(self, snapshot: dict[str, Any]) -> None:
+        """Add a worker's counts to these (labels are capped here again: the union of workers' labels)."""
+        for label, status, count in snapshot["requests"]:
+            request_key = (self._merge_label(label), int(status))
+            self.requests[request_key] = self.requests.get(request_key, 0) + int(count)
+        for label, values in snapshot["durations"].items():
+            target = self.durations.setdefault(self._merge_label(label), Histogram(REQUEST_BUCKETS))
+            _add_histogram(target, values)
+        for label, kind, count in snapshot["upstream_errors"]:
+            key = (self._merge_label(label), kind)
+            self.upstream_errors[key] = self.upstream_errors.get(key, 0) + int(count)
+        for label, reason, count in snapshot["rejections"]:
+            key = (self._merge_label(label), reason)
+            self.rejections[key] = self.rejections.get(key, 0) + int(count)
+        for result, count in snapshot["dns_lookups"].items():
+            self.dns_lookups[result] = self.dns_lookups.get(result, 0) + int(count)
+        _add_histogram(self.dns_query_duration, snapshot["dns_query_duration"])
+        _add_histogram(self.connect_duration, snapshot["connect_duration"])
+        self.reused += int(snapshot["reused"])
+
+    def _merge_label(self, label: str) -> str:
+        if label in (UNKNOWN, OTHER):
+            return label
+        return self.label(label, resolved=True)
+
     def __repr__(self) -> str:
         return f"<Metrics [Deployment labels: {len(self._labels)}/{self.max_deployments}]>"
+
+
+def _add_histogram(target: Histogram, values: list[float]) -> None:
+    for index, count in enumerate(values[:-1]):
+        target.counts[index] += int(count)
+    target.total += float(values[-1])
+
+
+class WorkerMetrics(Collector):
+    """The supervisor's view: the sum of every worker's latest snapshot, plus the final snapshots of workers
+    that died (folded into `retired`), so that counters never go backwards when a worker is replaced."""
+
+    def __init__(self, registry: CollectorRegistry, max_deployments: int) -> None:
+        self.max_deployments = max_deployments
+        self.latest: dict[int, dict[str, Any]] = {}
+        self.retired = Metrics(CollectorRegistry(), max_deployments)
+        registry.register(self)
+
+    def update(self, worker: int, snapshot: dict[str, Any]) -> None:
+        self.latest[worker] = snapshot
+
+    def retire(self, worker: int) -> None:
+        snapshot = self.latest.pop(worker, None)
+        if snapshot is not None:
+            self.retired.add_snapshot(snapshot)
+
+    def collect(self) -> Iterable[Metric]:
+        total = Metrics(CollectorRegistry(), self.max_deployments)
+        total.add_snapshot(self.retired.snapshot())
+        sums = dict.fromkeys(
+            ("inflight", "client_connections", "upstream_active", "upstream_idle", "dns_cache_entries"), 0
+        )
+        for snapshot in self.latest.values():
+            total.add_snapshot(snapshot)
+            for name, value in snapshot["gauges"].items():
+                sums[name] += int(value)
+        total.gauges = Gauges(
+            inflight=lambda: sums["inflight"],
+            client_connections=lambda: sums["client_connections"],
+            upstream_active=lambda: sums["upstream_active"],
+            upstream_idle=lambda: sums["upstream_idle"],
+            dns_cache_entries=lambda: sums["dns_cache_entries"],
+        )
+        return total.collect()
 
 
 class NullMetrics(Metrics):

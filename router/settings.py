@@ -73,6 +73,7 @@ class Settings:
     max_body_bytes: int
     drain_delay_s: float
     drain_timeout_s: float
+    workers: int  # 0: auto (the CPUs the container may use)
     log_level: str
     log_format: str
     access_log: str
@@ -206,6 +207,16 @@ def _access_log(text: str) -> str:
     if value not in {"off", "json"}:
         raise ValueError("must be off or json")
     return value
+
+
+def _workers(text: str) -> int:
+    value = text.strip().lower()
+    if value == "auto":
+        return 0
+    count = int(value)
+    if not 1 <= count <= 64:
+        raise ValueError("must be auto or 1-64")
+    return count
 
 
 def _on_off(text: str) -> bool:
@@ -422,6 +433,14 @@ OPTIONS: tuple[Option, ...] = (
         _seconds,
         "20",
         "On SIGTERM, seconds in-flight requests get to finish after the listener closes (keep below ECS stopTimeout).",
+    ),
+    Option(
+        "workers",
+        "--workers",
+        _workers,
+        "1",
+        "Processes serving the port (SO_REUSEPORT) under one supervisor; auto: the CPUs the container may use "
+        "(its cgroup CPU quota).",
     ),
     Option("log_level", "--log-level", _log_level, "info", "debug, info, warning or error."),
     Option("log_format", "--log-format", _log_format, "json", "json (one object per line, for CloudWatch) or text."),

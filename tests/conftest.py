@@ -7,7 +7,10 @@ address, even in tests of the allow-list (those use loopback addresses outside t
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -304,10 +307,27 @@ async def open_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWr
 
 @dataclass
 class RouterProcess:
+    """A `whaleray-router` process whose output is read continuously (an unread pipe would fill and stall
+    it) and kept for assertions."""
+
     process: asyncio.subprocess.Process
     port: int
     admin_port: int
     upstream_port: int
+    output: bytearray = field(default_factory=bytearray)
+    reader: asyncio.Task[None] | None = None
+
+    async def collect(self) -> None:
+        assert self.process.stdout is not None
+        while chunk := await self.process.stdout.read(65536):
+            self.output += chunk
+
+    async def json_lines(self) -> list[dict[str, object]]:
+        """Every JSON line the process wrote, once it has exited."""
+        await self.process.wait()
+        if self.reader is not None:
+            await self.reader
+        return [json.loads(line) for line in self.output.decode().splitlines() if line.startswith("{")]
 
     def peak_rss_bytes(self) -> int:
         """VmHWM: the most resident memory the process ever had."""
@@ -376,6 +396,7 @@ async def router_process(
             env={key: value for key, value in os.environ.items() if not key.startswith("WHALERAY_")},
         )
         instance = RouterProcess(process, port, admin_port, upstream_port)
+        instance.reader = asyncio.create_task(instance.collect())
         started.append(instance)
         await wait_for_port(port)
         return instance
@@ -383,5 +404,25 @@ async def router_process(
     yield start
     for instance in started:
         if instance.process.returncode is None:
+            workers = _children(instance.process.pid)  # before the kill: then they would be re-parented
             instance.process.kill()
+            for child in workers:  # workers live in their own sessions: no group kill reaches them
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
             await instance.process.wait()
+        if instance.reader is not None:
+            await instance.reader
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found

@@ -128,8 +128,7 @@ async def test_access_log_lines_are_json_with_every_field(
         assert (await get(session, f"{base}/services/ghost/"))[0] == 502
     router.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(router.process.wait(), 15) == 0
-    assert router.process.stdout is not None
-    lines = [json.loads(line) for line in (await router.process.stdout.read()).decode().splitlines()]
+    lines = await router.json_lines()
     access = [line for line in lines if line.get("type") == "access"]
     assert len(access) == 2
     first, second = access

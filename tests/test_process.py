@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -78,8 +77,7 @@ async def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(
     assert (status, body) == (200, b"finished")
     assert headers["connection"] == "close"  # responses during drain end their connection
     assert await asyncio.wait_for(router.process.wait(), 10) == 0
-    assert router.process.stdout is not None
-    lines = [json.loads(line) for line in (await router.process.stdout.read()).decode().splitlines()]
+    lines = await router.json_lines()
     assert any(line.get("message") == "drained" and line["unfinished_requests"] == 0 for line in lines)
     access = [line for line in lines if line.get("type") == "access"]
     assert [(line["path"], line["status"]) for line in access] == [("/services/hello/slow", 200)]

@@ -1,0 +1,131 @@
+"""--workers: processes sharing the port under a supervisor; restart, aggregated metrics, drain, auto."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from router.cpus import available_cpus, cgroup_cpu_quota
+from router.demo.dns import DemoDnsServer
+from tests.conftest import BackendFactory, RouterProcess, _children
+
+StartRouter = Callable[..., Awaitable[RouterProcess]]
+
+
+def children(pid: int) -> list[int]:
+    return _children(pid)
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+async def request_ids(port: int, count: int) -> list[tuple[int, str]]:
+    """`count` requests, each on a new connection (so the kernel spreads them over the workers)."""
+    results = []
+    for _ in range(count):
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/services/hello/") as r:
+            await r.read()
+            results.append((r.status, r.headers["X-Request-Id"]))
+    return results
+
+
+async def total_requests(admin_port: int) -> float:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{admin_port}/metrics") as r:
+        text = await r.text()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "whaleray_requests_total"
+    )
+
+
+async def test_two_workers_share_the_port_and_metrics_add_up(
+    router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    dns.set_a("hello", ["127.0.0.2"])
+    await backend("127.0.0.2")
+    router = await router_process("--workers", "2")
+    await wait_for(lambda: asyncio.sleep(0, len(children(router.process.pid)) == 2))
+    await asyncio.sleep(0.5)  # both workers listening
+    results = await request_ids(router.port, 40)
+    assert {status for status, _ in results} == {200}
+    prefixes = {request_id[:12] for _, request_id in results}  # each worker has its own request-id prefix
+    assert len(prefixes) == 2
+
+    async def all_counted() -> bool:
+        return await total_requests(router.admin_port) == 40
+
+    await wait_for(all_counted)  # workers report every second
+
+
+async def test_killed_worker_is_restarted_while_the_other_keeps_serving(
+    router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    dns.set_a("hello", ["127.0.0.2"])
+    await backend("127.0.0.2")
+    router = await router_process("--workers", "2")
+    await wait_for(lambda: asyncio.sleep(0, len(children(router.process.pid)) == 2))
+    await asyncio.sleep(0.5)
+    assert {status for status, _ in await request_ids(router.port, 10)} == {200}
+    await asyncio.sleep(1.2)  # the killed worker's counts reach the supervisor first
+    before = await total_requests(router.admin_port)
+    victim, survivor = sorted(children(router.process.pid))
+    os.kill(victim, signal.SIGKILL)
+    assert {status for status, _ in await request_ids(router.port, 20)} == {200}  # the survivor serves
+    await wait_for(lambda: asyncio.sleep(0, len(children(router.process.pid)) == 2))
+    workers = children(router.process.pid)
+    assert survivor in workers
+    assert victim not in workers
+    await asyncio.sleep(1.0)
+    assert {status for status, _ in await request_ids(router.port, 10)} == {200}
+
+    async def counted() -> bool:
+        return await total_requests(router.admin_port) >= before + 30  # the dead worker's counts are kept
+
+    await wait_for(counted)
+
+
+async def test_sigterm_drains_every_worker_and_exits_0(
+    router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    router = await router_process("--workers", "2", "--drain-delay", "0.2")
+    await wait_for(lambda: asyncio.sleep(0, len(children(router.process.pid)) == 2))
+    workers = children(router.process.pid)
+    router.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(router.process.wait(), 15) == 0
+    assert not set(workers) & set(_children(router.process.pid))
+
+
+def test_auto_reads_the_cgroup_v2_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 1.5
+    assert available_cpus(tmp_path) == min(2, len(os.sched_getaffinity(0)))
+
+
+def test_auto_reads_the_cgroup_v1_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 1.0
+    assert available_cpus(tmp_path) == 1
+
+
+@pytest.mark.parametrize("content", ["max 100000\n", None])
+def test_auto_without_a_quota_uses_the_allowed_cpus(tmp_path: Path, content: str | None) -> None:
+    if content is not None:
+        (tmp_path / "cpu.max").write_text(content)
+    assert cgroup_cpu_quota(tmp_path) is None
+    assert available_cpus(tmp_path) == len(os.sched_getaffinity(0))
