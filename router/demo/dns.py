@@ -7,12 +7,14 @@ TTLs, make a name answer SERVFAIL, or make the whole server silent (a resolver t
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import uvloop
 from dnslib import QTYPE, RCODE, RR, SOA, SRV, A, DNSRecord
 
 log = logging.getLogger("router.demo.dns")
@@ -148,3 +150,29 @@ class DemoDnsServer(asyncio.DatagramProtocol):
     def __repr__(self) -> str:
         counts = f"Names: {len(self.a_records) + len(self.srv_records)} | Queries: {self.query_count()}"
         return f"<DemoDnsServer {self.zone} on {self.host}:{self.port} [{counts}]>"
+
+
+async def _serve_zone(text: str, host: str, port: int) -> None:
+    origin = next((line.split()[1] for line in text.splitlines() if line.startswith("$ORIGIN")), "whaleray.local.")
+    server = DemoDnsServer(origin)
+    server.load_zone_file(text)
+    await server.start(host, port)
+    log.warning("serving %s on %s:%d: %d names", origin, host, port, len(server.a_records) + len(server.srv_records))
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    """`python -m router.demo.dns --zone-file F`: the docker demo's Cloud Map stand-in."""
+    parser = argparse.ArgumentParser(description="Serve the A and SRV records of a BIND zone file over UDP.")
+    parser.add_argument("--zone-file", required=True)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=5353)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    with open(args.zone_file, encoding="utf-8") as handle:
+        text = handle.read()
+    uvloop.run(_serve_zone(text, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The container image and the compose demo, checked without a Docker engine.
+
+No Docker engine runs on development or CI machines, so the compose file and the Dockerfile are checked
+statically (the real settings parser, the zone file, `docker-compose config`, hadolint, checkov), and the
+demo's routing is proven by serving the same zone file from the project's DNS server and routing through the
+real router to local backends of the same names (addresses moved onto 127.0.0.0/8: tests never dial others).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from dnslib import QTYPE, RR
+
+from router.app import Router
+from router.demo.backend import start_backend
+from router.demo.dns import DemoDnsServer
+from router.settings import build_parser, settings_from
+from tests.conftest import free_port, router_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+TOOLS = ROOT / ".ci-tools" / "bin"  # installed by `make tools` (make test runs it)
+COMPOSE: dict[str, Any] = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+ZONE = (DOCKER / "whaleray.local.zone").read_text()
+BACKENDS = ("hello", "api", "api-2")
+
+
+def service_address(name: str) -> str:
+    return str(COMPOSE["services"][name]["networks"]["cloudmap"]["ipv4_address"])
+
+
+def zone_records() -> list[tuple[str, str]]:
+    return [
+        (str(record.rname).removesuffix(".whaleray.local."), str(record.rdata))
+        for record in RR.fromZone(ZONE)
+        if record.rtype == QTYPE.A
+    ]
+
+
+def backend_name(service: str) -> str:
+    entrypoint = COMPOSE["services"][service]["entrypoint"]
+    return str(entrypoint[entrypoint.index("--name") + 1])
+
+
+def tool(name: str) -> str:
+    path = TOOLS / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: `make tools` installs it (make test does)")
+    return str(path)
+
+
+# --- the compose file --------------------------------------------------------------------------------------
+
+
+def test_router_environment_is_settings_the_router_knows() -> None:
+    environment = {key: str(value) for key, value in COMPOSE["services"]["router"]["environment"].items()}
+    settings = settings_from(build_parser().parse_args([]), environment)  # raises on an unknown or bad value
+    assert settings.resolvers[0].host == service_address("dns")
+    dns_entrypoint = COMPOSE["services"]["dns"]["entrypoint"]
+    assert settings.resolvers[0].port == int(dns_entrypoint[dns_entrypoint.index("--port") + 1])
+    ports = {tuple(map(int, mapping.split(":"))) for mapping in COMPOSE["services"]["router"]["ports"]}
+    assert ports == {(8080, settings.port), (9901, settings.admin_port)}
+    subnet = ipaddress.ip_network(COMPOSE["networks"]["cloudmap"]["ipam"]["config"][0]["subnet"])
+    assert settings.upstream_allow_cidrs == (subnet,)
+
+
+def test_every_zone_address_is_a_backend_on_the_network() -> None:
+    backends = {service_address(name): name for name in BACKENDS}
+    subnet = ipaddress.ip_network(COMPOSE["networks"]["cloudmap"]["ipam"]["config"][0]["subnet"])
+    for name, address in zone_records():
+        assert address in backends, f"{name} -> {address} is no backend service"
+        assert ipaddress.ip_address(address) in subnet
+    for name in BACKENDS:  # and each backend listens on the router's upstream port
+        entrypoint = COMPOSE["services"][name]["entrypoint"]
+        upstream_port = COMPOSE["services"]["router"]["environment"]["WHALERAY_UPSTREAM_PORT"]
+        assert entrypoint[entrypoint.index("--port") + 1] == upstream_port
+    assert {name for name, _ in zone_records()} == {"hello", "api", "multi"}
+    assert sum(1 for name, _ in zone_records() if name == "multi") >= 2  # one deployment, several addresses
+
+
+def test_compose_file_is_valid_for_compose_v2() -> None:
+    result = subprocess.run(
+        [tool("docker-compose"), "-f", str(DOCKER / "docker-compose.yml"), "config", "-q"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+async def test_the_demo_zone_routes_as_the_readme_says() -> None:
+    # The zone's 172.28.0.x addresses become 127.0.0.x: same records, same names, only loopback dialled.
+    dns = DemoDnsServer("whaleray.local")
+    dns.load_zone_file(ZONE.replace("172.28.0.", "127.0.0."))
+    await dns.start("127.0.0.1", 0)
+    upstream_port = free_port()
+    runners = [
+        await start_backend(backend_name(name), service_address(name).replace("172.28.0.", "127.0.0."), upstream_port)
+        for name in BACKENDS
+    ]
+    router = Router(router_settings(dns, upstream_port))
+    await router.start()
+    try:
+        base = f"http://127.0.0.1:{router.port}"
+        async with aiohttp.ClientSession() as session:
+
+            async def backend_of(path: str) -> str:
+                async with session.get(base + path) as response:
+                    assert response.status == 200
+                    return str(json.loads(await response.read())["backend"])
+
+            assert await backend_of("/services/hello/") == "hello-backend"
+            assert await backend_of("/services/api/orders/42") == "api-backend"
+            spread = Counter([await backend_of("/services/multi/") for _ in range(4)])
+            assert spread == {"api-backend": 2, "api-backend-2": 2}
+            async with session.get(f"{base}/services/ghost/") as response:
+                assert response.status == 502
+            async with session.get(f"{base}/nope") as response:
+                assert response.status == 404
+            async with session.get(f"{base}/services/bad_id/") as response:
+                assert response.status == 400
+    finally:
+        await router.stop()
+        for runner in runners:
+            await runner.cleanup()
+        dns.close()
+
+
+# --- the Dockerfile ----------------------------------------------------------------------------------------
+
+DOCKERFILE = (DOCKER / "Dockerfile").read_text()
+INSTRUCTIONS = [
+    line.strip()
+    for line in re.sub(r"\\\n", " ", DOCKERFILE).splitlines()
+    if line.strip() and not line.strip().startswith("#")
+]
+
+
+def test_dockerfile_rules() -> None:
+    froms = [line for line in INSTRUCTIONS if line.startswith("FROM ")]
+    assert len(froms) == 2  # builder and runtime
+    images = {line.split()[1] for line in froms}
+    assert len(images) == 1  # the same Python and Debian release in both stages
+    assert re.fullmatch(r"python:3\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", images.pop())  # tag and digest
+    users = [line for line in INSTRUCTIONS if line.startswith("USER ")]
+    assert users
+    assert users[-1].split()[1].split(":")[0] not in ("root", "0")
+    entrypoint = [line for line in INSTRUCTIONS if line.startswith("ENTRYPOINT ")]
+    assert len(entrypoint) == 1
+    assert json.loads(entrypoint[0].removeprefix("ENTRYPOINT ")) == ["whaleray-router"]  # exec form
+    assert not [line for line in INSTRUCTIONS if line.startswith("ADD ") and "://" in line]
+    assert "EXPOSE 8080 9901" in INSTRUCTIONS
+    assert any(line.startswith("HEALTHCHECK ") and "urllib" in line for line in INSTRUCTIONS)
+    assert any("compileall" in line for line in INSTRUCTIONS)
+    labels = " ".join(line for line in INSTRUCTIONS if line.startswith("LABEL "))
+    for label in ("source", "version", "licenses"):
+        assert f"org.opencontainers.image.{label}=" in labels
+
+
+def test_dockerignore_keeps_the_context_to_what_the_image_needs() -> None:
+    ignore = (DOCKER / ".dockerignore").read_text().split()
+    assert ignore[ignore.index("*")] == "*"  # everything out, then only what the build copies
+    assert {"!pyproject.toml", "!README.md", "!router/"} <= set(ignore)
+    assert (DOCKER / "Dockerfile.dockerignore").resolve() == (DOCKER / ".dockerignore").resolve()
+
+
+def test_hadolint_finds_nothing() -> None:
+    result = subprocess.run(
+        [tool("hadolint"), str(DOCKER / "Dockerfile")], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_checkov_dockerfile_checks_all_pass() -> None:
+    result = subprocess.run(
+        [
+            tool("checkov"),
+            "--framework",
+            "dockerfile",
+            "--skip-download",
+            "--quiet",
+            "--compact",
+            "-o",
+            "json",
+            "-f",
+            str(DOCKER / "Dockerfile"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads(result.stdout)
+    assert report["summary"]["failed"] == 0, result.stdout
+    assert report["summary"]["passed"] > 0
