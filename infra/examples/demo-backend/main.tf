@@ -1,0 +1,48 @@
+# The whole platform with one demo backend: the router image serves as the backend too
+# (`python -m router.demo.backend`), reached at https://<alb>/services/hello/.
+
+terraform {
+  required_version = ">= 1.7"
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = ">= 5.60, < 6.0"
+    }
+  }
+}
+
+variable "router_image" {
+  description = "The router image (docker/Dockerfile); also runs the demo backend."
+  type        = string
+}
+
+variable "certificate_arn" {
+  description = "ACM certificate for HTTPS, or null for HTTP only."
+  type        = string
+  default     = null
+}
+
+module "platform" {
+  source          = "../.."
+  create_vpc      = true
+  router_image    = var.router_image
+  certificate_arn = var.certificate_arn
+}
+
+module "hello" {
+  source                   = "../../modules/deployment"
+  deployment_id            = "hello"
+  namespace_id             = module.platform.namespace_id
+  cluster_name             = module.platform.cluster_name
+  capacity_provider_name   = module.platform.capacity_provider_name
+  image                    = var.router_image
+  entry_point              = ["python", "-m", "router.demo.backend", "--name", "hello-backend", "--port", "3000"]
+  subnet_ids               = module.platform.private_subnet_ids
+  vpc_id                   = module.platform.vpc_id
+  router_security_group_id = module.platform.instances_security_group_id
+}
+
+output "try" {
+  description = "A request through the ALB and the router to the demo backend."
+  value       = "curl -s http://${module.platform.alb_dns_name}/services/hello/"
+}

@@ -1,0 +1,131 @@
+# A deployment: a backend service registered in Cloud Map so the router reaches it as
+# <deployment_id>.<namespace>. awsvpc: A records, TTL 10, MULTIVALUE routing, health from ECS. bridge: SRV
+# records (address and dynamic host port) for a router run with --discovery srv.
+
+data "aws_region" "current" {}
+
+locals {
+  tags   = merge({ Project = "whaleray", Deployment = var.deployment_id, ManagedBy = "terraform" }, var.tags)
+  awsvpc = var.network_mode == "awsvpc"
+}
+
+resource "aws_service_discovery_service" "this" {
+  name = var.deployment_id
+  dns_config {
+    namespace_id   = var.namespace_id
+    routing_policy = "MULTIVALUE" # up to 8 healthy addresses per answer: the router spreads over them
+    dns_records {
+      type = local.awsvpc ? "A" : "SRV"
+      ttl  = 10
+    }
+  }
+  health_check_custom_config {
+    failure_threshold = 1 # ECS reports task health to Cloud Map
+  }
+  tags = local.tags
+}
+
+resource "aws_cloudwatch_log_group" "this" {
+  #checkov:skip=CKV_AWS_158:Log encryption with a customer key is the platform's choice; CloudWatch encrypts by default.
+  #checkov:skip=CKV_AWS_338:Retention is the deployment owner's cost choice (log_retention_days).
+  name              = "/ecs/whaleray-deployments/${var.deployment_id}"
+  retention_in_days = var.log_retention_days
+  tags              = local.tags
+}
+
+resource "aws_iam_role" "execution" {
+  name_prefix = "wr-${substr(var.deployment_id, 0, 20)}-exec-"
+  assume_role_policy = jsonencode({
+    Version   = "2012-10-17"
+    Statement = [{ Effect = "Allow", Action = "sts:AssumeRole", Principal = { Service = "ecs-tasks.amazonaws.com" } }]
+  })
+  tags = local.tags
+}
+
+resource "aws_iam_role_policy_attachment" "execution" {
+  role       = aws_iam_role.execution.name
+  policy_arn = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+}
+
+resource "aws_ecs_task_definition" "this" {
+  family                   = "whaleray-${var.deployment_id}"
+  requires_compatibilities = ["EC2"]
+  network_mode             = var.network_mode
+  cpu                      = var.cpu
+  memory                   = var.memory
+  execution_role_arn       = aws_iam_role.execution.arn
+  container_definitions = jsonencode([{
+    name                   = "backend"
+    image                  = var.image
+    entryPoint             = var.entry_point
+    essential              = true
+    readonlyRootFilesystem = true
+    portMappings           = [{ containerPort = var.container_port, hostPort = local.awsvpc ? var.container_port : 0, protocol = "tcp" }]
+    environment            = [for name in sort(keys(var.environment)) : { name = name, value = var.environment[name] }]
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        "awslogs-group"         = aws_cloudwatch_log_group.this.name
+        "awslogs-region"        = data.aws_region.current.name
+        "awslogs-stream-prefix" = var.deployment_id
+      }
+    }
+  }])
+  tags = local.tags
+}
+
+resource "aws_security_group" "this" {
+  count       = local.awsvpc ? 1 : 0
+  name        = "whaleray-${var.deployment_id}"
+  description = "Deployment ${var.deployment_id}: its port from the routers only"
+  vpc_id      = var.vpc_id
+  tags        = local.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "from_routers" {
+  count                        = local.awsvpc ? 1 : 0
+  security_group_id            = aws_security_group.this[0].id
+  description                  = "The backend port, from the routers"
+  referenced_security_group_id = var.router_security_group_id
+  ip_protocol                  = "tcp"
+  from_port                    = var.container_port
+  to_port                      = var.container_port
+}
+
+resource "aws_vpc_security_group_egress_rule" "https" {
+  count             = local.awsvpc ? 1 : 0
+  security_group_id = aws_security_group.this[0].id
+  description       = "HTTPS out (AWS endpoints, external APIs)"
+  cidr_ipv4         = "0.0.0.0/0"
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+}
+
+resource "aws_ecs_service" "this" {
+  name            = "whaleray-${var.deployment_id}"
+  cluster         = var.cluster_name
+  task_definition = aws_ecs_task_definition.this.arn
+  desired_count   = var.desired_count
+  capacity_provider_strategy {
+    capacity_provider = var.capacity_provider_name
+    weight            = 1
+  }
+  deployment_circuit_breaker {
+    enable   = true
+    rollback = true
+  }
+  service_registries {
+    registry_arn   = aws_service_discovery_service.this.arn
+    container_name = local.awsvpc ? null : "backend"
+    container_port = local.awsvpc ? null : var.container_port
+  }
+  dynamic "network_configuration" {
+    for_each = local.awsvpc ? [1] : []
+    content {
+      subnets         = var.subnet_ids
+      security_groups = [aws_security_group.this[0].id]
+    }
+  }
+  tags = local.tags
+}

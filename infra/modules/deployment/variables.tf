@@ -1,0 +1,107 @@
+variable "deployment_id" {
+  description = "The deployment's id: one DNS label, reached at /services/<deployment_id>/ through the router."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", var.deployment_id))
+    error_message = "deployment_id must be one lower-case DNS label (1-63 of a-z, 0-9, '-', not starting or ending with '-')."
+  }
+}
+
+variable "namespace_id" {
+  description = "The Cloud Map namespace (output namespace_id of the root module)."
+  type        = string
+}
+
+variable "cluster_name" {
+  description = "The ECS cluster."
+  type        = string
+}
+
+variable "capacity_provider_name" {
+  description = "The EC2 capacity provider."
+  type        = string
+}
+
+variable "image" {
+  description = "The backend's container image; it must listen on container_port."
+  type        = string
+}
+
+variable "entry_point" {
+  description = "Overrides the image's entry point (null keeps it)."
+  type        = list(string)
+  default     = null
+}
+
+variable "container_port" {
+  description = "Port the backend listens on; the router dials it (its --upstream-port) in awsvpc mode."
+  type        = number
+  default     = 3000
+}
+
+variable "network_mode" {
+  description = "awsvpc (A records, the router's default discovery) or bridge (SRV records with host ports: run the router with --discovery srv)."
+  type        = string
+  default     = "awsvpc"
+
+  validation {
+    condition     = contains(["awsvpc", "bridge"], var.network_mode)
+    error_message = "network_mode must be awsvpc or bridge."
+  }
+}
+
+variable "subnet_ids" {
+  description = "Subnets of the tasks (awsvpc)."
+  type        = list(string)
+  default     = []
+  nullable    = false
+}
+
+variable "router_security_group_id" {
+  description = "The routers' security group (instances_security_group_id of the root module): the only allowed client."
+  type        = string
+}
+
+variable "vpc_id" {
+  description = "The VPC (awsvpc)."
+  type        = string
+}
+
+variable "desired_count" {
+  description = "Tasks of the deployment; Cloud Map answers with up to 8 healthy addresses."
+  type        = number
+  default     = 2
+}
+
+variable "cpu" {
+  description = "CPU units of a task."
+  type        = number
+  default     = 256
+}
+
+variable "memory" {
+  description = "Memory (MiB) of a task."
+  type        = number
+  default     = 256
+}
+
+variable "environment" {
+  description = "Environment variables of the backend container."
+  type        = map(string)
+  default     = {}
+  nullable    = false
+}
+
+variable "log_retention_days" {
+  description = "Days the deployment's logs are kept."
+  type        = number
+  default     = 30
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+  nullable    = false
+}

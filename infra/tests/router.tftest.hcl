@@ -1,0 +1,178 @@
+# Plan-level assertions with a mocked AWS provider: no account, no network.
+
+mock_provider "aws" {
+  mock_data "aws_iam_policy_document" {
+    defaults = {
+      json = "{\"Version\":\"2012-10-17\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"sts:AssumeRole\",\"Principal\":{\"Service\":\"ecs-tasks.amazonaws.com\"}}]}"
+    }
+  }
+  override_data {
+    target = data.aws_availability_zones.available
+    values = { names = ["us-east-1a", "us-east-1b", "us-east-1c"] }
+  }
+  override_data {
+    target = data.aws_ssm_parameter.ecs_ami
+    values = { value = "ami-0123456789abcdef0" }
+  }
+  override_data {
+    target = data.aws_region.current
+    values = { name = "us-east-1" }
+  }
+  override_data {
+    target = data.aws_caller_identity.current
+    values = { account_id = "123456789012" }
+  }
+  override_data {
+    target = data.aws_vpc.existing
+    values = { cidr_block = "10.20.0.0/16" }
+  }
+}
+
+variables {
+  router_image       = "123456789012.dkr.ecr.us-east-1.amazonaws.com/whaleray-router:0.1.0"
+  vpc_id             = "vpc-0123456789abcdef0"
+  public_subnet_ids  = ["subnet-a", "subnet-b"]
+  private_subnet_ids = ["subnet-c", "subnet-d"]
+}
+
+run "routes_services_to_the_routers" {
+  command = plan
+
+  assert {
+    condition     = contains(flatten([for c in aws_lb_listener_rule.services.condition : [for p in c.path_pattern : p.values]]), "/services/*")
+    error_message = "the listener rule must forward /services/*"
+  }
+  assert {
+    condition     = one([for a in aws_lb_listener_rule.services.action : a.type]) == "forward"
+    error_message = "the rule forwards to the router target group"
+  }
+  assert {
+    condition     = aws_lb_target_group.router.health_check[0].path == "/health" && aws_lb_target_group.router.health_check[0].matcher == "200"
+    error_message = "the target group checks /health"
+  }
+  assert {
+    condition     = aws_lb.this.idle_timeout < tonumber(output.router_container_definition.environment[index(output.router_container_definition.environment[*].name, "WHALERAY_CLIENT_KEEPALIVE_TIMEOUT")].value)
+    error_message = "the ALB idle timeout must stay below the router's client keep-alive timeout"
+  }
+  assert {
+    condition     = aws_lb_target_group.router.target_type == "instance"
+    error_message = "bridge mode registers instances and their dynamic ports"
+  }
+}
+
+run "scales_2_to_20_on_cpu_and_requests" {
+  command = plan
+
+  assert {
+    condition     = aws_appautoscaling_target.router.min_capacity == 2 && aws_appautoscaling_target.router.max_capacity == 20
+    error_message = "the router service scales between 2 and 20 tasks"
+  }
+  assert {
+    condition     = aws_appautoscaling_policy.router_cpu.target_tracking_scaling_policy_configuration[0].target_value == 60
+    error_message = "CPU target tracking at 60 %"
+  }
+  assert {
+    condition     = aws_appautoscaling_policy.router_cpu.target_tracking_scaling_policy_configuration[0].predefined_metric_specification[0].predefined_metric_type == "ECSServiceAverageCPUUtilization"
+    error_message = "the CPU policy tracks ECSServiceAverageCPUUtilization"
+  }
+  assert {
+    condition     = aws_appautoscaling_policy.router_requests.target_tracking_scaling_policy_configuration[0].predefined_metric_specification[0].predefined_metric_type == "ALBRequestCountPerTarget"
+    error_message = "a second policy tracks ALBRequestCountPerTarget"
+  }
+  assert {
+    condition     = aws_autoscaling_group.ecs.min_size == 1 && aws_autoscaling_group.ecs.max_size == 10
+    error_message = "the instances scale between 1 and 10"
+  }
+  assert {
+    condition     = aws_ecs_capacity_provider.this.auto_scaling_group_provider[0].managed_scaling[0].target_capacity == 90 && aws_ecs_capacity_provider.this.auto_scaling_group_provider[0].managed_termination_protection == "DISABLED"
+    error_message = "managed scaling at 90 %, termination protection off"
+  }
+  assert {
+    condition     = aws_ecs_service.router.deployment_minimum_healthy_percent == 100 && aws_ecs_service.router.deployment_circuit_breaker[0].rollback
+    error_message = "min healthy 100 %, circuit breaker with rollback"
+  }
+  assert {
+    condition     = one(aws_ecs_service.router.ordered_placement_strategy).type == "binpack" && one(aws_ecs_service.router.ordered_placement_strategy).field == "memory"
+    error_message = "binpack by memory"
+  }
+}
+
+run "runs_the_router_as_task_definition_json_says" {
+  command = plan
+
+  assert {
+    condition     = aws_service_discovery_private_dns_namespace.this.name == "whaleray.local"
+    error_message = "the Cloud Map namespace is whaleray.local"
+  }
+  assert {
+    condition     = output.router_container_definition.portMappings[0].containerPort == 8080 && output.router_container_definition.portMappings[0].hostPort == 0
+    error_message = "the proxy port 8080 on a dynamic host port (bridge)"
+  }
+  assert {
+    condition     = output.router_container_definition.environment[index(output.router_container_definition.environment[*].name, "WHALERAY_RESOLVERS")].value == "169.254.169.253"
+    error_message = "the router resolves through the VPC resolver"
+  }
+  assert {
+    condition     = output.router_container_definition.environment[index(output.router_container_definition.environment[*].name, "WHALERAY_UPSTREAM_PORT")].value == "3000"
+    error_message = "backends on port 3000"
+  }
+  assert {
+    condition     = output.router_container_definition.readonlyRootFilesystem && output.router_container_definition.user == "10001:10001"
+    error_message = "read-only root filesystem, non-root user"
+  }
+  assert {
+    condition     = output.router_container_definition.logConfiguration.options["awslogs-group"] == "/ecs/whaleray-router" && output.router_container_definition.logConfiguration.options["awslogs-region"] == "us-east-1"
+    error_message = "awslogs to the router's log group"
+  }
+  assert {
+    condition     = jsondecode(aws_ecs_task_definition.router.container_definitions)[0].image == var.router_image
+    error_message = "the task definition runs the given image"
+  }
+}
+
+run "awsvpc_mode" {
+  command = plan
+  variables {
+    router_network_mode = "awsvpc"
+  }
+
+  assert {
+    condition     = aws_lb_target_group.router.target_type == "ip" && output.router_container_definition.portMappings[0].hostPort == 8080
+    error_message = "awsvpc registers task IPs on the container port"
+  }
+  assert {
+    condition     = length(aws_security_group.router_tasks) == 1 && length(aws_vpc_security_group_ingress_rule.instances_from_alb) == 0
+    error_message = "awsvpc tasks get their own security group"
+  }
+}
+
+run "https_when_a_certificate_is_given" {
+  command = plan
+  variables {
+    certificate_arn = "arn:aws:acm:us-east-1:123456789012:certificate/abc"
+  }
+
+  assert {
+    condition     = length(aws_lb_listener.https) == 1 && one(aws_lb_listener.http.default_action).type == "redirect"
+    error_message = "HTTPS listener, HTTP redirects to it"
+  }
+}
+
+run "creates_a_vpc_when_asked" {
+  command = plan
+  variables {
+    create_vpc         = true
+    vpc_id             = null
+    public_subnet_ids  = []
+    private_subnet_ids = []
+  }
+
+  assert {
+    condition     = length(aws_subnet.public) == 2 && length(aws_subnet.private) == 2
+    error_message = "two public and two private subnets"
+  }
+  assert {
+    condition     = aws_subnet.public[0].availability_zone != aws_subnet.public[1].availability_zone
+    error_message = "in two availability zones"
+  }
+}

@@ -1,0 +1,202 @@
+variable "name" {
+  description = "Prefix of every resource name."
+  type        = string
+  default     = "whaleray"
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+  nullable    = false
+}
+
+# --- network ---------------------------------------------------------------------------------------------
+
+variable "create_vpc" {
+  description = "Create a small two-AZ VPC (public subnets for the ALB, private subnets with a NAT gateway for the instances) instead of using vpc_id and the subnet ids."
+  type        = bool
+  default     = false
+}
+
+variable "vpc_cidr" {
+  description = "CIDR of the VPC created when create_vpc is true."
+  type        = string
+  default     = "10.40.0.0/16"
+}
+
+variable "vpc_id" {
+  description = "Existing VPC (when create_vpc is false)."
+  type        = string
+  default     = null
+}
+
+variable "public_subnet_ids" {
+  description = "Existing public subnets for the ALB, in at least two AZs (when create_vpc is false)."
+  type        = list(string)
+  default     = []
+  nullable    = false
+}
+
+variable "private_subnet_ids" {
+  description = "Existing private subnets for the ECS instances (when create_vpc is false)."
+  type        = list(string)
+  default     = []
+  nullable    = false
+}
+
+# --- cluster ---------------------------------------------------------------------------------------------
+
+variable "instance_type" {
+  description = "EC2 instance type of the ECS cluster."
+  type        = string
+  default     = "t3.small"
+}
+
+variable "asg_min_size" {
+  description = "Fewest ECS instances."
+  type        = number
+  default     = 1
+}
+
+variable "asg_max_size" {
+  description = "Most ECS instances."
+  type        = number
+  default     = 10
+}
+
+variable "capacity_target_percent" {
+  description = "Target capacity of the capacity provider's managed scaling."
+  type        = number
+  default     = 90
+}
+
+# --- ALB -------------------------------------------------------------------------------------------------
+
+variable "certificate_arn" {
+  description = "ACM certificate for an HTTPS listener; when set, HTTP redirects to HTTPS."
+  type        = string
+  default     = null
+}
+
+variable "alb_idle_timeout" {
+  description = "ALB idle timeout in seconds; must stay below the router's client keep-alive timeout (75 s)."
+  type        = number
+  default     = 60
+}
+
+variable "deregistration_delay" {
+  description = "Seconds the ALB lets requests in flight finish on a deregistered router; shorter than the router's drain."
+  type        = number
+  default     = 20
+}
+
+variable "health_check_interval" {
+  description = "Seconds between ALB health checks of /health on a router."
+  type        = number
+  default     = 5
+}
+
+variable "health_check_unhealthy_threshold" {
+  description = "Failed health checks before the ALB stops routing to a router."
+  type        = number
+  default     = 2
+}
+
+variable "alb_access_logs_bucket" {
+  description = "S3 bucket for ALB access logs; null turns them off."
+  type        = string
+  default     = null
+}
+
+# --- router ----------------------------------------------------------------------------------------------
+
+variable "router_image" {
+  description = "The router's container image (docker/Dockerfile), by tag or digest."
+  type        = string
+}
+
+variable "router_network_mode" {
+  description = "bridge (dynamic host ports, as the platform runs today) or awsvpc (an ENI per task)."
+  type        = string
+  default     = "bridge"
+
+  validation {
+    condition     = contains(["bridge", "awsvpc"], var.router_network_mode)
+    error_message = "router_network_mode must be bridge or awsvpc."
+  }
+}
+
+variable "router_cpu" {
+  description = "CPU units of a router task (1024 = one vCPU); --workers auto follows it."
+  type        = number
+  default     = 512
+}
+
+variable "router_memory" {
+  description = "Memory (MiB) of a router task."
+  type        = number
+  default     = 512
+}
+
+variable "router_min_tasks" {
+  description = "Fewest router tasks."
+  type        = number
+  default     = 2
+}
+
+variable "router_max_tasks" {
+  description = "Most router tasks."
+  type        = number
+  default     = 20
+}
+
+variable "router_cpu_target" {
+  description = "Target average CPU (%) of the router service's scaling policy."
+  type        = number
+  default     = 60
+}
+
+variable "router_requests_per_target" {
+  description = "Target ALB requests per router task per minute for the request-count scaling policy."
+  type        = number
+  default     = 60000
+}
+
+variable "router_environment" {
+  description = "WHALERAY_* variables merged over those of task-definition.json."
+  type        = map(string)
+  default     = {}
+  nullable    = false
+}
+
+variable "log_retention_days" {
+  description = "Days the router's CloudWatch logs are kept."
+  type        = number
+  default     = 30
+}
+
+variable "log_kms_key_arn" {
+  description = "KMS key encrypting the router's log group; null uses CloudWatch's default encryption."
+  type        = string
+  default     = null
+}
+
+variable "alarm_actions" {
+  description = "ARNs notified by the CloudWatch alarms (e.g. an SNS topic)."
+  type        = list(string)
+  default     = []
+  nullable    = false
+}
+
+variable "namespace" {
+  description = "Cloud Map private DNS namespace the deployments register in."
+  type        = string
+  default     = "whaleray.local"
+}
+
+variable "backend_port" {
+  description = "Port of every deployment's backend (the router's --upstream-port)."
+  type        = number
+  default     = 3000
+}
