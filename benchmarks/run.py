@@ -137,12 +137,13 @@ def process_tree_cpu_s(pid: int) -> float:
 
 
 def children_of(pid: int) -> list[int]:
+    """Processes whose parent is `pid`, from /proc (the tests use it for the router's workers too)."""
     children = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
+            except OSError:  # gone meanwhile
                 continue
             if int(fields[1]) == pid:
                 children.append(int(entry.name))

@@ -20,6 +20,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
+from benchmarks.run import children_of
 from router.app import Router
 from router.demo.backend import make_app
 from router.demo.dns import DemoDnsServer
@@ -404,7 +405,7 @@ async def router_process(
     yield start
     for instance in started:
         if instance.process.returncode is None:
-            workers = _children(instance.process.pid)  # before the kill: then they would be re-parented
+            workers = children_of(instance.process.pid)  # before the kill: then they would be re-parented
             instance.process.kill()
             for child in workers:  # workers live in their own sessions: no group kill reaches them
                 with contextlib.suppress(ProcessLookupError):
@@ -414,15 +415,13 @@ async def router_process(
             await instance.reader
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
+def slow_app(delay_s: float, text: str = "done") -> web.Application:
+    """A backend that answers every GET after `delay_s`: a request that stays in flight."""
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay_s)
+        return web.Response(text=text)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", slow)
+    return app

@@ -10,11 +10,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.demo.dns import DemoDnsServer
-from tests.conftest import BackendFactory, RouterFactory, RouterProcess, free_port, read_response
+from tests.conftest import BackendFactory, RouterFactory, RouterProcess, free_port, read_response, slow_app
 
 StartRouter = Callable[..., Awaitable[RouterProcess]]
 
@@ -174,12 +173,7 @@ async def test_ready_waits_for_the_first_dns_answer(make_router: RouterFactory, 
 async def test_drain_finishes_requests_in_flight_then_refuses_new_connections(
     router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
 ) -> None:
-    async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(1.2)
-        return web.Response(text="done")
-
-    app = web.Application()
-    app.router.add_get("/slow", slow)
+    app = slow_app(1.2, "done")
     dns.set_a("hello", ["127.0.0.2"])
     await backend("127.0.0.2", app=app)
     router = await router_process("--drain-delay", "0.6", "--drain-timeout", "10")
@@ -223,12 +217,7 @@ async def test_second_signal_exits_at_once(
 async def test_in_flight_cap_answers_503_at_once(
     make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
 ) -> None:
-    async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(0.5)
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", slow)
+    app = slow_app(0.5, "ok")
     dns.set_a("hello", ["127.0.0.2"])
     await backend("127.0.0.2", app=app)
     router = await make_router("--deployment-max-inflight", "2")

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from router.demo.dns import DemoDnsServer
 from router.settings import OPTIONS
-from tests.conftest import BackendFactory, RouterProcess, read_response
+from tests.conftest import BackendFactory, RouterProcess, read_response, slow_app
 
 MiB = 1 << 20
 StartRouter = Callable[..., Awaitable[RouterProcess]]
@@ -58,12 +58,7 @@ def test_unknown_whaleray_variable_is_an_error() -> None:
 async def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(
     router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
 ) -> None:
-    async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(1.0)
-        return web.Response(text="finished")
-
-    app = web.Application()
-    app.router.add_get("/slow", slow)
+    app = slow_app(1.0, "finished")
     dns.set_a("hello", ["127.0.0.2"])
     await backend("127.0.0.2", app=app)
     router = await router_process("--drain-delay", "0.2", "--drain-timeout", "5")

@@ -12,15 +12,12 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.run import children_of as children
 from router.cpus import available_cpus, cgroup_cpu_quota
 from router.demo.dns import DemoDnsServer
-from tests.conftest import BackendFactory, RouterProcess, _children
+from tests.conftest import BackendFactory, RouterProcess
 
 StartRouter = Callable[..., Awaitable[RouterProcess]]
-
-
-def children(pid: int) -> list[int]:
-    return _children(pid)
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
@@ -106,7 +103,7 @@ async def test_sigterm_drains_every_worker_and_exits_0(
     workers = children(router.process.pid)
     router.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(router.process.wait(), 15) == 0
-    assert not set(workers) & set(_children(router.process.pid))
+    assert not set(workers) & set(children(router.process.pid))
 
 
 def test_auto_reads_the_cgroup_v2_quota(tmp_path: Path) -> None:
