@@ -290,6 +290,8 @@ def main() -> None:
                     str(upstream_port),
                     "--log-level",
                     "warning",
+                    "--access-log",  # the reference Nginx configuration has access_log off: the same work
+                    "off",
                     *args.router_args.split(),
                 ],
                 router_port,

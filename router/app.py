@@ -128,11 +128,15 @@ class Router:
             await asyncio.sleep(1.0)
 
     def _send_report(self) -> None:
-        if self._report is None or self._report.is_closing() or self.state is None or self._discovery is None:
+        if self._report is None or self.state is None or self._discovery is None:
             return
-        if os.getppid() != self._parent_pid and not self.state.draining:
-            log.warning("supervisor gone, draining")  # it was killed: do not outlive it
-            os.kill(os.getpid(), signal.SIGTERM)
+        # The supervisor died (it was killed): its end of the pipe is closed and this process was re-parented.
+        # Drain rather than outlive it, holding the port.
+        if self._report.is_closing() or os.getppid() != self._parent_pid:
+            if not self.state.draining:
+                log.warning("supervisor gone, draining")
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
         snapshot = {
             "metrics": self.metrics.snapshot(),
             "ready": self._discovery.answered_once,

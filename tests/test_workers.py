@@ -126,3 +126,27 @@ def test_auto_without_a_quota_uses_the_allowed_cpus(tmp_path: Path, content: str
         (tmp_path / "cpu.max").write_text(content)
     assert cgroup_cpu_quota(tmp_path) is None
     assert available_cpus(tmp_path) == len(os.sched_getaffinity(0))
+
+
+async def test_workers_drain_when_the_supervisor_is_killed(
+    router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    router = await router_process("--workers", "2", "--drain-delay", "0.2")
+    await wait_for(lambda: asyncio.sleep(0, len(children(router.process.pid)) == 2))
+    await asyncio.sleep(1.5)  # the workers have reported at least once
+    workers = children(router.process.pid)
+    router.process.kill()  # SIGKILL: no chance to stop them
+
+    async def workers_gone() -> bool:
+        await asyncio.sleep(0)
+        return not any(running(pid) for pid in workers)
+
+    await wait_for(workers_gone, seconds=10)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
