@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -425,3 +425,34 @@ def slow_app(delay_s: float, text: str = "done") -> web.Application:
     app = web.Application()
     app.router.add_get("/{tail:.*}", slow)
     return app
+
+
+@pytest.fixture(scope="module")
+def fuzz_router() -> Iterator[tuple[Router, asyncio.AbstractEventLoop, list[dict[str, object]]]]:
+    """One router (with its DNS server and a raw backend) for a whole hypothesis run, on its own loop: hypothesis
+    drives examples synchronously. Short timeouts keep incomplete fuzzed requests from stalling the run. The
+    list collects what reached the loop's exception handler: an exception in a protocol callback lands there,
+    not in the test."""
+    loop = uvloop.new_event_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    dns = DemoDnsServer("whaleray.local")
+    loop.run_until_complete(dns.start("127.0.0.1", 0))
+    upstream_port = free_port()
+    recorder = RawBackend()
+    recorder.server = loop.run_until_complete(
+        asyncio.start_server(recorder.handle, "127.0.0.2", upstream_port, reuse_address=True)
+    )
+    dns.set_a("hello", ["127.0.0.2"])
+    router = Router(
+        router_settings(
+            dns, upstream_port, "--client-header-timeout", "0.5", "--client-body-timeout", "0.5", "--access-log", "off"
+        )
+    )
+    loop.run_until_complete(router.start())
+    yield router, loop, errors
+    loop.run_until_complete(router.stop())
+    recorder.server.close()
+    dns.close()
+    loop.run_until_complete(asyncio.sleep(0.05))  # let the transports finish closing before the loop goes
+    loop.close()

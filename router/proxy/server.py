@@ -758,6 +758,7 @@ class ClientConnection(asyncio.Protocol):
         self._tunnel: UpstreamConnection | None = None
         self._early_tunnel: list[bytes] = []
         self._corked: list[bytes] | None = None
+        self._eof_sent = False
 
     # --- asyncio.Protocol ----------------------------------------------------------------------------------
 
@@ -891,7 +892,7 @@ class ClientConnection(asyncio.Protocol):
     # --- the pipeline ----------------------------------------------------------------------------------------
 
     def _enqueue(self, exchange: Exchange) -> None:
-        if self._closing:
+        if self._closing or self._lingering:
             return
         if self._active is None and not self._queue:
             self._active = exchange
@@ -934,6 +935,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_parse_error(self, code: str) -> None:
         """A malformed request: answer it in its turn, then close; nothing after it is read."""
+        if self._lingering:  # already ending after an early answer: bytes after it get none
+            self._parser = None
+            return
         self._parser = None
         self._lingering = True
         exchange = self._parsing
@@ -980,19 +984,19 @@ class ClientConnection(asyncio.Protocol):
 
     def uncork(self) -> None:
         corked, self._corked = self._corked, None
-        if corked and self.transport is not None and not self._closing:
+        if corked and self.transport is not None and not self._closing and not self._eof_sent:
             self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
     def write(self, data: bytes) -> None:
         if self._corked is not None:
             self._corked.append(data)
-        elif self.transport is not None and not self._closing:
+        elif self.transport is not None and not self._closing and not self._eof_sent:
             self.transport.write(data)
 
     def writelines(self, parts: list[bytes]) -> None:
         if self._corked is not None:
             self._corked += parts
-        elif self.transport is not None and not self._closing:
+        elif self.transport is not None and not self._closing and not self._eof_sent:
             self.transport.writelines(parts)
 
     def respond_local(self, exchange: Exchange, status: int, body: bytes, extra: bytes = b"") -> None:
@@ -1089,6 +1093,7 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not self._closing and transport.can_write_eof():
             transport.write_eof()
+            self._eof_sent = True  # nothing may be written after it
             self._set_deadline("idle", LINGER_S)
         else:
             self.close()
