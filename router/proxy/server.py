@@ -892,7 +892,7 @@ class ClientConnection(asyncio.Protocol):
     # --- the pipeline ----------------------------------------------------------------------------------------
 
     def _enqueue(self, exchange: Exchange) -> None:
-        if self._closing or self._lingering:
+        if self._closing or self._eof_sent:
             return
         if self._active is None and not self._queue:
             self._active = exchange
@@ -935,7 +935,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_parse_error(self, code: str) -> None:
         """A malformed request: answer it in its turn, then close; nothing after it is read."""
-        if self._lingering:  # already ending after an early answer: bytes after it get none
+        if self._eof_sent:  # already ended after an early answer: bytes after it get none
             self._parser = None
             return
         self._parser = None
