@@ -158,9 +158,6 @@ class DnsCache:
             self._entries.popitem(last=False)
         return entry
 
-    def addresses_in_use(self) -> set[Address]:
-        return {address for entry in self._entries.values() for address in entry.addresses + entry.backup}
-
     def __repr__(self) -> str:
         return (
             f"<DnsCache [Known: {len(self._entries)}/{self.max_entries} | "

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from router.discovery.budget import QueryBudget
 from router.discovery.cache import Address, DnsCache, Entry, EntryKind
@@ -39,7 +39,6 @@ class DiscoveryStats:
     stale_served: int = 0
     forbidden: int = 0
     busy: int = 0
-    results: dict[str, int] = field(default_factory=dict)
 
 
 def plan_srv(targets: tuple[SrvTarget, ...]) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
