@@ -109,3 +109,41 @@ def test_fuzzed_requests_get_a_defined_answer_and_the_router_keeps_serving(
 
     loop.run_until_complete(exchange())
     assert errors == [], errors  # nothing raised inside the router's callbacks
+
+
+async def test_rolling_replacement_under_steady_load_fails_no_request(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    """A deployment's tasks replaced one by one while clients keep sending: ECS registers the new task, the old
+    one leaves Cloud Map, then stops. No idempotent request may fail."""
+    router = await make_router("--dns-min-ttl", "0.1")
+    dns.set_a("rolling", ["127.0.0.2", "127.0.0.3"], ttl=1)
+    old = [await backend("127.0.0.2", name="old-a"), await backend("127.0.0.3", name="old-b")]
+    statuses: list[int] = []
+    seen: set[str] = set()
+    stop = asyncio.Event()
+
+    async def client() -> None:
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                async with session.get(f"http://127.0.0.1:{router.port}/services/rolling/") as response:
+                    statuses.append(response.status)
+                    if response.status == 200:
+                        seen.add(json.loads(await response.read())["backend"])
+
+    clients = [asyncio.create_task(client()) for _ in range(4)]
+    await asyncio.sleep(0.5)
+    for new_host, name, retiring, kept in [
+        ("127.0.0.4", "new-a", old[0], "127.0.0.3"),
+        ("127.0.0.5", "new-b", old[1], "127.0.0.4"),
+    ]:
+        await backend(new_host, name=name)  # the new task starts and registers
+        dns.set_a("rolling", [kept, new_host], ttl=1)  # the old one is deregistered
+        await asyncio.sleep(1.5)  # longer than the TTL: the router has moved on
+        await retiring.stop()  # then ECS stops it (its idle keep-alive connections close)
+        await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*clients)
+    assert statuses
+    assert set(statuses) == {200}, f"{len(statuses) - statuses.count(200)} of {len(statuses)} requests failed"
+    assert {"new-a", "new-b"} <= seen
