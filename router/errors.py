@@ -17,6 +17,9 @@ class ErrorKind:
     code: str
     status: int
     message: str
+    # Whether each occurrence gets an application log line. Not for what clients cause at will (unknown ids,
+    # over-budget lookups, limits): a scan would turn into a log flood. Those are in the access log and metrics.
+    log_each: bool = False
 
 
 _KINDS = (
@@ -28,15 +31,15 @@ _KINDS = (
     ErrorKind("body_too_large", 413, "Request body too large"),
     ErrorKind("rate_limited", 429, "Too many requests for this deployment, retry later"),
     ErrorKind("headers_too_large", 431, "Request header fields too large"),
-    ErrorKind("internal_error", 500, "Internal router error"),
+    ErrorKind("internal_error", 500, "Internal router error", log_each=True),
     ErrorKind("deployment_not_found", 502, "Service unavailable or deployment not found"),
-    ErrorKind("upstream_unavailable", 502, "Service unavailable"),
-    ErrorKind("upstream_bad_response", 502, "Service sent an invalid response"),
-    ErrorKind("upstream_forbidden", 502, "Service address not allowed"),
-    ErrorKind("resolver_unavailable", 503, "Service discovery unavailable"),
+    ErrorKind("upstream_unavailable", 502, "Service unavailable", log_each=True),
+    ErrorKind("upstream_bad_response", 502, "Service sent an invalid response", log_each=True),
+    ErrorKind("upstream_forbidden", 502, "Service address not allowed", log_each=True),
+    ErrorKind("resolver_unavailable", 503, "Service discovery unavailable", log_each=True),
     ErrorKind("resolver_busy", 503, "Service discovery busy, retry shortly"),
     ErrorKind("deployment_overloaded", 503, "Too many requests in flight for this deployment"),
-    ErrorKind("upstream_timeout", 504, "Service did not answer in time"),
+    ErrorKind("upstream_timeout", 504, "Service did not answer in time", log_each=True),
 )
 
 ERRORS: dict[str, ErrorKind] = {kind.code: kind for kind in _KINDS}

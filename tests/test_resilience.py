@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import os
+import socket
+import struct
 
 import aiohttp
 import pytest
@@ -12,7 +16,17 @@ from hypothesis import strategies as st
 
 from router.app import Router
 from router.demo.dns import DemoDnsServer
-from tests.conftest import BackendFactory, RouterFactory, ScriptedFactory, raw_request
+from router.proxy.server import ClientConnection, Exchange
+from router.proxy.upstream import UpstreamConnection
+from tests.conftest import (
+    BackendFactory,
+    ConnectionScript,
+    RouterFactory,
+    ScriptedFactory,
+    raw_request,
+    read_response,
+)
+from tests.test_workers import wait_for
 
 KNOWN_STATUSES = {200, 308, 400, 404, 405, 408, 413, 431, 502, 503, 504}
 
@@ -147,3 +161,92 @@ async def test_rolling_replacement_under_steady_load_fails_no_request(
     assert statuses
     assert set(statuses) == {200}, f"{len(statuses) - statuses.count(200)} of {len(statuses)} requests failed"
     assert {"new-a", "new-b"} <= seen
+
+
+# --- faulty backends at volume: each request its defined status, and nothing left behind -------------------
+
+
+async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    await reader.read()  # never answers; hangs up only when the router does
+
+
+async def trickling(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":  # a byte every 50 ms: never a whole head in time
+        writer.write(bytes([byte]))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+
+
+async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" * 20)
+    await writer.drain()
+
+
+async def resetting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def live_router_objects() -> int:
+    gc.collect()
+    return sum(isinstance(obj, (Exchange, ClientConnection, UpstreamConnection)) for obj in gc.get_objects())
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize(
+    ("script", "status", "code"),
+    [
+        (silent, 504, "upstream_timeout"),
+        (trickling, 504, "upstream_timeout"),
+        (garbage, 502, "upstream_bad_response"),
+        (resetting, 502, "upstream_unavailable"),
+    ],
+    ids=["silent", "trickling", "garbage", "resetting"],
+)
+async def test_faulty_backend_at_volume_gets_its_status_and_leaves_nothing_behind(
+    make_router: RouterFactory,
+    dns: DemoDnsServer,
+    scripted_backend: ScriptedFactory,
+    *,
+    script: ConnectionScript,
+    status: int,
+    code: str,
+) -> None:
+    """200 requests, 50 at a time, against a backend with one fault: every one gets the fault's status and code
+    within its timeout, and afterwards no request, connection or descriptor of the router is left over (what
+    would make memory grow under a long-lived fault)."""
+    router = await make_router("--upstream-header-timeout", "0.3", "--access-log", "off")
+    dns.set_a("faulty", ["127.0.0.2"])
+    await scripted_backend("127.0.0.2", script)
+    objects_before, descriptors_before = live_router_objects(), open_descriptors()
+    request = b"GET /services/faulty/ HTTP/1.1\r\nHost: h\r\n\r\n"
+
+    async def one() -> tuple[int, str]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+        try:
+            writer.write(request)
+            answer_status, _, body = await asyncio.wait_for(read_response(reader), 2)  # timeout 0.3 s, and slack
+            return answer_status, json.loads(body)["code"]
+        finally:
+            writer.close()
+
+    for _ in range(4):
+        answers = await asyncio.gather(*(one() for _ in range(50)))
+        assert set(answers) == {(status, code)}
+    await asyncio.sleep(0.1)  # the last closes reach the router
+    assert router.state is not None
+    assert (router.state.inflight, len(router.state.connections)) == (0, 0)
+    assert live_router_objects() == objects_before
+
+    async def descriptors_released() -> bool:  # the test's own backend closes its ends once it notices
+        await asyncio.sleep(0.05)
+        return open_descriptors() <= descriptors_before
+
+    await wait_for(descriptors_released, seconds=5)

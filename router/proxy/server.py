@@ -719,7 +719,7 @@ class Exchange:
             body = error_body(kind, self.request_id.decode(), self.deployment)
         else:
             body = error_body(kind, self.request_id.decode())
-        if kind.status >= 500 or kind.status == 408:
+        if kind.log_each:
             log.info(
                 "request failed",
                 extra={"code": code, "deployment": self.deployment, "request_id": self.request_id.decode()},
