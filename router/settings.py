@@ -58,6 +58,7 @@ class Settings:
     dns_stale_ttl_s: float
     dns_cache_size: int
     dns_max_qps: float
+    dns_queue_wait_s: float
     discovery: str
     srv_prefix: str
     client_header_timeout_s: float
@@ -336,8 +337,16 @@ OPTIONS: tuple[Option, ...] = (
         "--dns-max-qps",
         _positive_float,
         "100",
-        "Most DNS lookups per second; refreshes of known deployments keep half of it. The VPC resolver drops "
+        "Most DNS lookups per second; refreshes of known deployments keep up to half of it. The VPC resolver drops "
         "packets beyond 1024/s per network interface, shared by every task on it in bridge mode.",
+    ),
+    Option(
+        "dns_queue_wait_s",
+        "--dns-queue-wait",
+        _seconds_or_zero,
+        "2",
+        "Longest a lookup of a new deployment waits, queued, for the query budget before 503 resolver_busy "
+        "(0: answer at once). At most --dns-max-qps times this many lookups wait.",
     ),
     Option(
         "discovery",

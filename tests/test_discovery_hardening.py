@@ -52,18 +52,18 @@ async def test_refresh_ahead_keeps_a_busy_name_hot_without_a_request_waiting(
 async def test_flood_of_random_ids_is_held_to_the_budget_while_a_known_deployment_answers(
     make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
 ) -> None:
-    router = await make_router("--dns-max-qps", "20", "--dns-min-ttl", "0.1")
+    router = await make_router("--dns-max-qps", "20", "--dns-min-ttl", "0.1", "--dns-queue-wait", "0.5")
     dns.set_a("real", ["127.0.0.2"], ttl=1)
     await backend("127.0.0.2")
     loop = asyncio.get_running_loop()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
         assert (await get(session, router, "/services/real/"))[0] == 200
         started = loop.time()
         codes: Counter[object] = Counter()
         real_statuses: list[int] = []
 
         async def attacker() -> None:
-            for _ in range(40):
+            for _ in range(8):
                 status, body = await get(session, router, f"/services/r{secrets.token_hex(6)}/")
                 codes[(status, body.get("code"))] += 1
 
@@ -72,7 +72,8 @@ async def test_flood_of_random_ids_is_held_to_the_budget_while_a_known_deploymen
                 real_statuses.append((await get(session, router, "/services/real/"))[0])
                 await asyncio.sleep(0.05)
 
-        await asyncio.gather(*(attacker() for _ in range(25)), real_user())
+        # 60 at a time: more than the queue for new names holds (20/s x 0.5 s), so some are refused at once.
+        await asyncio.gather(*(attacker() for _ in range(60)), real_user())
         elapsed = loop.time() - started
     random_queries = dns.query_count() - dns.query_count("real") - dns.query_count(PROBE)
     assert random_queries <= 20 * elapsed + 20  # the bucket: 20/s and a burst of one second's worth
@@ -80,6 +81,35 @@ async def test_flood_of_random_ids_is_held_to_the_budget_while_a_known_deploymen
     assert codes[(502, "deployment_not_found")] > 0  # the budget let some through: they were answered
     assert set(real_statuses) == {200}  # the known deployment never starved, its TTL expiring meanwhile
     assert dns.query_count("real") >= 2
+
+
+async def test_cold_start_queues_new_deployments_beyond_the_burst_instead_of_refusing_them(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    """A task started under load sees every deployment at once: 50 of them against a budget of 20 lookups a
+    second are served within --dns-queue-wait, none refused."""
+    router = await make_router("--dns-max-qps", "20", "--dns-queue-wait", "5")
+    for index in range(50):
+        dns.set_a(f"dep-{index}", ["127.0.0.2"])
+    await backend("127.0.0.2")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
+        statuses = await asyncio.gather(*(get(session, router, f"/services/dep-{i}/") for i in range(50)))
+    assert [status for status, _ in statuses] == [200] * 50
+    assert router.state is not None
+    assert router.state.discovery.stats.queries == 50  # each name queried once: waiting is not retrying
+
+
+async def test_new_deployment_refused_when_it_cannot_wait(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    router = await make_router("--dns-max-qps", "5", "--dns-queue-wait", "0")
+    for index in range(20):
+        dns.set_a(f"dep-{index}", ["127.0.0.2"])
+    await backend("127.0.0.2")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
+        answers = await asyncio.gather(*(get(session, router, f"/services/dep-{i}/") for i in range(20)))
+    assert Counter(status for status, _ in answers) == {200: 5, 503: 15}  # the burst of one second's worth
+    assert {body.get("code") for status, body in answers if status == 503} == {"resolver_busy"}
 
 
 async def test_cache_holds_no_more_than_its_bound(make_router: RouterFactory, dns: DemoDnsServer) -> None:
@@ -196,3 +226,20 @@ async def test_srv_target_outside_the_allowed_networks_is_forbidden(
     async with aiohttp.ClientSession() as session:
         status, body = await get(session, router, "/services/sneaky/")
     assert (status, body["code"]) == (502, "upstream_forbidden")
+
+
+async def test_queued_lookup_answers_resolver_busy_when_its_wait_runs_out(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    router = await make_router("--dns-max-qps", "1", "--dns-queue-wait", "0.3")
+    for index in range(5):
+        dns.set_a(f"dep-{index}", ["127.0.0.2"])
+    await backend("127.0.0.2")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
+        answers = await asyncio.gather(*(get(session, router, f"/services/dep-{i}/") for i in range(5)))
+    # One token: one answered; one queued (1/s x 0.3 s rounds up to one place) until its wait ran out; three
+    # refused at once because the queue was full.
+    assert Counter(status for status, _ in answers) == {200: 1, 503: 4}
+    assert router.state is not None
+    assert router.state.discovery.stats.queries == 1
+    assert "Waiting: 0" in repr(router.state.discovery)

@@ -318,6 +318,27 @@ def test_budget_refills_at_its_rate_up_to_one_second() -> None:
     assert sum(budget.try_spend(100, known=True) for _ in range(50)) == 10  # burst capped at capacity
 
 
+def test_budget_reserve_follows_the_known_names() -> None:
+    budget = QueryBudget(rate_qps=100, reserve_fraction=0.5)
+    budget.hold_for(known_names=0, refresh_interval_s=5)  # a task just started: no reserve
+    assert sum(budget.try_spend(0, known=False) for _ in range(200)) == 100
+    budget = QueryBudget(rate_qps=100, reserve_fraction=0.5)
+    budget.hold_for(known_names=100, refresh_interval_s=5)  # 20 refreshes a second at most
+    assert sum(budget.try_spend(0, known=False) for _ in range(200)) == 80
+    budget.hold_for(known_names=10_000, refresh_interval_s=5)
+    assert budget.reserve == 50  # never more than the fraction
+
+
+def test_budget_says_how_long_until_a_token() -> None:
+    budget = QueryBudget(rate_qps=10, reserve_fraction=0.5)
+    assert budget.wait_s(0, known=False) == 0
+    while budget.try_spend(0, known=False):
+        pass
+    assert budget.wait_s(0, known=True) == 0  # the reserve is still there for known names
+    assert budget.wait_s(0, known=False) == pytest.approx(0.1)  # one token at 10/s
+    assert budget.try_spend(0.1, known=False)
+
+
 # --- SRV plan -------------------------------------------------------------------------------------------------
 
 

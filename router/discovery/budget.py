@@ -3,9 +3,13 @@
 The VPC resolver answers at most 1024 packets per second per network interface and drops the rest, for
 every process behind that interface (in bridge mode, every task on the instance). The router therefore caps
 its own lookups at `rate_qps`, with a burst of one second's worth. Lookups of never-seen names may only spend
-tokens while more than `reserve_fraction` of the bucket is left; refreshes and re-lookups of known
-deployments may spend it to the last token. A scan of random ids thus exhausts at most the unreserved part,
-and real deployments keep being refreshed.
+tokens while more than the reserve is left; refreshes and re-lookups of known deployments may spend it to the
+last token. A scan of random ids thus exhausts at most the unreserved part, and real deployments keep being
+refreshed.
+
+The reserve follows what the known names need: one second of their refreshes (each refreshes at most once per
+shortest TTL), at most `reserve_fraction` of the bucket. A task that has just started knows no name and needs
+no reserve: its first wave of traffic, every deployment at once, may use the whole budget.
 """
 
 from __future__ import annotations
@@ -15,23 +19,38 @@ class QueryBudget:
     def __init__(self, rate_qps: float, reserve_fraction: float = 0.5) -> None:
         self.rate_qps = rate_qps
         self.capacity = max(rate_qps, 1.0)
-        self.reserve = self.capacity * reserve_fraction
+        self.max_reserve = self.capacity * reserve_fraction
+        self.reserve = self.max_reserve
         self._tokens = self.capacity
         self._updated_at: float | None = None
         self.refused = 0
 
+    def hold_for(self, known_names: int, refresh_interval_s: float) -> None:
+        """Size the reserve for `known_names`, each refreshed at most once per `refresh_interval_s`."""
+        self.reserve = min(self.max_reserve, known_names / max(refresh_interval_s, 1e-3))
+
     def try_spend(self, now: float, known: bool) -> bool:
         """Take one token for a query; False means: do not query now."""
-        if self._updated_at is not None:
-            self._tokens = min(self.capacity, self._tokens + (now - self._updated_at) * self.rate_qps)
-        self._updated_at = now
-        floor = 1.0 if known else self.reserve + 1.0
-        if self._tokens >= floor:
+        self._refill(now)
+        if self._tokens >= self._floor(known):
             self._tokens -= 1.0
             return True
         self.refused += 1
         return False
 
+    def wait_s(self, now: float, known: bool) -> float:
+        """Seconds until `try_spend(known)` can succeed, if nothing else spends meanwhile."""
+        self._refill(now)
+        return max(0.0, (self._floor(known) - self._tokens) / self.rate_qps)
+
+    def _floor(self, known: bool) -> float:
+        return 1.0 if known else self.reserve + 1.0
+
+    def _refill(self, now: float) -> None:
+        if self._updated_at is not None:
+            self._tokens = min(self.capacity, self._tokens + (now - self._updated_at) * self.rate_qps)
+        self._updated_at = now
+
     def __repr__(self) -> str:
         tokens = f"{self._tokens:.1f}/{self.capacity:.0f} tokens"
-        return f"<QueryBudget [{tokens} | {self.rate_qps:g}/s | Refused: {self.refused}]>"
+        return f"<QueryBudget [{tokens} | Reserve: {self.reserve:.1f} | {self.rate_qps:g}/s | Refused: {self.refused}]>"

@@ -87,6 +87,9 @@ class DnsCache:
     def __len__(self) -> int:
         return len(self._entries) + len(self._negative)
 
+    def known_count(self) -> int:
+        return len(self._entries)
+
     def fresh(self, name: str, now: float) -> Entry | None:
         """The entry for `name` if it may answer now without a query (positive, negative or stale-retrying)."""
         entry = self._entries.get(name)

@@ -2,10 +2,12 @@
 
 The request path calls `cached()` first: a dict lookup, no await. Only on a miss does it await `resolve()`,
 where concurrent misses for one name share a single query. A name in use is refreshed in the background
-before it expires. Every lookup spends from the query budget (budget.py), refused lookups of new names answer
-`resolver_busy`. Every answer is checked against the allowed networks before it is cached: whatever DNS
-says, the router never dials an address outside them (the instance metadata service among them). When an
-answer drops addresses, `on_removed` is told, so pooled connections to them are closed.
+before it expires. Every lookup spends from the query budget (budget.py). A lookup of a new name the budget
+refuses waits in a bounded FIFO queue for at most `--dns-queue-wait` (a task starting under load sees every
+deployment at once); when the queue is full or the wait runs out, it answers `resolver_busy`. Every answer is
+checked against the allowed networks before it is cached: whatever DNS says, the router never dials an
+address outside them (the instance metadata service among them). When an answer drops addresses,
+`on_removed` is told, so pooled connections to them are closed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import ipaddress
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -98,6 +101,12 @@ class Discovery:
             stale_retry_s=settings.dns_min_ttl_s,  # a failing resolver is retried no more often than a TTL
         )
         self.budget = QueryBudget(settings.dns_max_qps)
+        self._queue_wait_s = settings.dns_queue_wait_s
+        # No more than the budget can serve within the wait: the rest would only time out.
+        self._queue_limit = math.ceil(settings.dns_max_qps * settings.dns_queue_wait_s)
+        self._waiting: OrderedDict[str, float] = OrderedDict()  # new names waiting for a token -> deadline
+        self._pump: asyncio.TimerHandle | None = None
+        self._refresh_interval_s = settings.dns_min_ttl_s
         self.stats = DiscoveryStats()
         self.on_removed = on_removed
         self.on_query: Callable[[float], None] = lambda duration_s: None  # metrics hook
@@ -126,7 +135,7 @@ class Discovery:
         entry = self.cache.fresh(deployment, now)
         if entry is not None:
             return entry
-        future = self._inflight.get(deployment) or self._query(deployment, now)
+        future = self._inflight.get(deployment) or self._query(deployment, now, may_wait=True)
         if future is None:  # the budget refused: a known deployment serves stale if it can
             stale = self.cache.serve_stale(deployment, now)
             if stale is not None:
@@ -138,19 +147,56 @@ class Discovery:
             raise outcome
         return outcome
 
-    def _query(self, deployment: str, now: float) -> asyncio.Future[Entry | RouterError] | None:
+    def _query(self, deployment: str, now: float, may_wait: bool = False) -> asyncio.Future[Entry | RouterError] | None:
         future = self._inflight.get(deployment)
         if future is not None:
             return future
-        if not self.budget.try_spend(now, known=self.cache.known(deployment)):
-            self.stats.busy += 1
-            return None
-        future = asyncio.get_running_loop().create_future()
+        known = self.cache.known(deployment)
+        if not known:
+            self.budget.hold_for(self.cache.known_count(), self._refresh_interval_s)
+        if self.budget.try_spend(now, known=known):
+            future = asyncio.get_running_loop().create_future()
+            self._start(deployment, future)
+            return future
+        if may_wait and not known and len(self._waiting) < self._queue_limit:
+            future = asyncio.get_running_loop().create_future()
+            self._inflight[deployment] = future  # later requests for the name join the queued lookup
+            self._waiting[deployment] = now + self._queue_wait_s
+            self._schedule_pump(now)
+            return future
+        self.stats.busy += 1
+        return None
+
+    def _start(self, deployment: str, future: asyncio.Future[Entry | RouterError]) -> None:
         self._inflight[deployment] = future
         task = asyncio.create_task(self._run_query(deployment, future))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return future
+
+    def _schedule_pump(self, now: float) -> None:
+        if self._pump is None and self._waiting:
+            first_deadline = next(iter(self._waiting.values()))
+            delay = min(self.budget.wait_s(now, known=False), first_deadline - now)
+            self._pump = asyncio.get_running_loop().call_later(max(delay, 0.0), self._run_pump)
+
+    def _run_pump(self) -> None:
+        """Start queued lookups, oldest first, as far as the budget allows; refuse those whose wait ran out."""
+        self._pump = None
+        now = self._clock()
+        while self._waiting:
+            deployment, deadline = next(iter(self._waiting.items()))
+            if now >= deadline:
+                del self._waiting[deployment]
+                self.stats.busy += 1
+                future = self._inflight.pop(deployment)
+                if not future.done():
+                    future.set_result(RouterError("resolver_busy"))
+                continue
+            if not self.budget.try_spend(now, known=False):
+                break
+            del self._waiting[deployment]
+            self._start(deployment, self._inflight[deployment])
+        self._schedule_pump(now)
 
     async def _run_query(self, deployment: str, future: asyncio.Future[Entry | RouterError]) -> None:
         outcome: Entry | RouterError
@@ -230,10 +276,18 @@ class Discovery:
         return stale
 
     async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+        for deployment in self._waiting:
+            future = self._inflight.pop(deployment)
+            if not future.done():
+                future.set_result(RouterError("resolver_busy"))
+        self._waiting.clear()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def __repr__(self) -> str:
-        return f"<Discovery {self.cache!r} [In flight: {len(self._inflight)}] {self.budget!r}>"
+        queue = f"In flight: {len(self._inflight)} | Waiting: {len(self._waiting)}"
+        return f"<Discovery {self.cache!r} [{queue}] {self.budget!r}>"
