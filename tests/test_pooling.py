@@ -165,3 +165,53 @@ async def test_client_leaving_mid_response_closes_the_backend_connection(
     await asyncio.wait_for(backend_saw_close.wait(), 5)
     assert router.state is not None
     assert router.state.pool.idle_count() == 0
+
+
+async def test_body_arriving_in_pieces_is_relayed_whole_and_the_connection_reused(
+    router: Router, dns: DemoDnsServer, scripted_backend: ScriptedFactory
+) -> None:
+    """A Content-Length body that arrives after its head, in pieces, is relayed past the parser: it must still
+    end where the length says and leave the connection ready for the next response."""
+    dns.set_a("hello", ["127.0.0.2"])
+    accepted = 0
+
+    async def pieces(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        for index in range(3):
+            await reader.readuntil(b"\r\n\r\n")
+            body = b"%d" % index * 30_000
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Index: %d\r\n\r\n" % (len(body), index))
+            for start in range(0, len(body), 7_000):
+                await writer.drain()
+                await asyncio.sleep(0.01)  # separate reads on the router's side
+                writer.write(body[start : start + 7_000])
+            await writer.drain()
+
+    await scripted_backend("127.0.0.2", pieces)
+    results = await get_many(router, "/services/hello/", 3)
+    assert results == [(200, b"%d" % index * 30_000) for index in range(3)]
+    assert accepted == 1
+
+
+async def test_bytes_past_a_relayed_body_make_the_connection_unusable(
+    router: Router, dns: DemoDnsServer, scripted_backend: ScriptedFactory
+) -> None:
+    dns.set_a("hello", ["127.0.0.2"])
+    accepted = 0
+
+    async def overlong(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"0123456789HTTP/1.1 200 OK\r\n\r\n")  # the body, then what no request asked for
+        await writer.drain()
+        await reader.read()
+
+    await scripted_backend("127.0.0.2", overlong)
+    results = await get_many(router, "/services/hello/", 2)
+    assert results == [(200, b"0123456789")] * 2
+    assert accepted == 2  # the first connection was not pooled after its extra bytes

@@ -559,25 +559,27 @@ class Exchange:
 
     # --- the response (ResponseSink) -----------------------------------------------------------------------
 
-    def on_response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    def on_response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> int | None:
         if status < 200 and status != 101:
             if status != 100 and self.http_minor:  # e.g. 103 Early Hints; 100 is the router's own business
                 info = analyse_response(headers)
                 self.conn.write(b"".join((b"HTTP/1.1 %d %s\r\n" % (status, reason), *info.forwarded, b"\r\n")))
-            return
+            return None
         info = analyse_response(headers)
         status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
         if status == 101:
             self._switch_protocols(status_line, info)
-            return
+            return None
         keep = self.keep_alive and not self.close_after and not self.state.draining and self.body_complete
         no_body = self.method == b"HEAD" or status in {204, 304}
+        length = None  # the body's length when Content-Length frames it: the connection may relay it unparsed
         if no_body:
             framing = (
                 b"" if info.content_length is None or status == 204 else b"Content-Length: %d\r\n" % info.content_length
             )
         elif info.content_length is not None and not info.chunked:
             framing = b"Content-Length: %d\r\n" % info.content_length
+            length = info.content_length
         else:
             self.response_until_close = not info.chunked
             if self.http_minor:
@@ -597,6 +599,7 @@ class Exchange:
         self.bytes_out += len(head)
         self.conn.write(head)
         self.upstream_deadline = self.state.loop.time() + self.state.settings.upstream_read_timeout_s
+        return length
 
     def _switch_protocols(self, status_line: bytes, info: ResponseHeaders) -> None:
         if not self.tunnel or info.upgrade is None or self.upstream is None:
@@ -633,6 +636,7 @@ class Exchange:
 
     def on_tunnel_data(self, data: bytes) -> None:
         self.conn.write(data)
+        self.conn.tunnel_active()
 
     def begin_read(self) -> None:
         self.conn.cork()
@@ -750,6 +754,8 @@ class ClientConnection(asyncio.Protocol):
         self._head_pending = 0
         self._head_size = 0
         self._head_error: str | None = None
+        self._body_left = 0  # bytes of a Content-Length request body still to come
+        self._raw_body = False  # relaying those bytes past the parser (see _relay_body)
         self._paused = 0
         self._deadline = 0.0
         self._deadline_kind = ""
@@ -788,12 +794,16 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
             self._tunnel.write(data)
+            self._deadline = self.state.loop.time() + self.state.settings.tunnel_idle_timeout_s
             return
         parser = self._parser
         if parser is None:  # after an upgrade request, or lingering after an error: hold or drop
             if not self._lingering:
                 self._early_tunnel.append(data)
                 self.pause(PAUSE_TUNNEL)
+            return
+        if self._raw_body:
+            self._relay_body(data)
             return
         reading_head = self._parsing is None or not self._parsing.head_done
         if reading_head:
@@ -815,6 +825,24 @@ class ClientConnection(asyncio.Protocol):
             and self._head_pending > self.state.settings.max_header_bytes
         ):
             self._on_parse_error("headers_too_large")
+        elif self._body_left > 0 and self._parsing is not None and self._parser is parser:
+            self._raw_body = True  # the head is parsed and part of the body still to come: skip the parser
+
+    def _relay_body(self, data: bytes) -> None:
+        """The rest of a Content-Length body, relayed as it arrives without llhttp (which would copy each chunk
+        into a new bytes object and call back for it); the length is all there is to know. At its end a fresh
+        parser takes over, with whatever follows (a pipelined request)."""
+        left = self._body_left
+        if len(data) < left:
+            self.on_body(data)  # counts _body_left down
+            return
+        rest = data[left:] if len(data) > left else b""
+        self._raw_body = False
+        self._parser = httptools.HttpRequestParser(self)  # the old one still waits for the body it never saw
+        self.on_body(data[:left] if rest else data)
+        self.on_message_complete()
+        if rest:
+            self.data_received(rest)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -866,6 +894,9 @@ class ClientConnection(asyncio.Protocol):
         exchange.complete_head(self._parser)
         if exchange.body_expected and exchange.error is None:
             self._set_deadline("body", self.state.settings.client_body_timeout_s)
+            info = exchange.info
+            if info is not None and not info.chunked and info.content_length:
+                self._body_left = info.content_length
         else:
             self._deadline = 0.0
         if exchange.info is not None and exchange.info.upgrade is not None and exchange.error is None:
@@ -873,6 +904,7 @@ class ClientConnection(asyncio.Protocol):
         self._enqueue(exchange)
 
     def on_body(self, body: bytes) -> None:
+        self._body_left -= len(body)
         exchange = self._parsing
         if exchange is not None:
             if self._deadline_kind == "body":
@@ -880,6 +912,7 @@ class ClientConnection(asyncio.Protocol):
             exchange.on_request_body(body)
 
     def on_message_complete(self) -> None:
+        self._body_left = 0
         exchange, self._parsing = self._parsing, None
         if self._deadline_kind == "body":
             self._deadline = 0.0
@@ -969,11 +1002,15 @@ class ClientConnection(asyncio.Protocol):
 
     def start_tunnel(self, upstream: UpstreamConnection) -> None:
         self._tunnel = upstream
-        self._deadline = 0.0
+        self._set_deadline("tunnel", self.state.settings.tunnel_idle_timeout_s)
         if self._early_tunnel:
             upstream.writelines(self._early_tunnel)
             self._early_tunnel = []
         self.resume(PAUSE_TUNNEL | PAUSE_PIPELINE)
+
+    def tunnel_active(self) -> None:
+        """Bytes went through the tunnel: it is not idle."""
+        self._deadline = self.state.loop.time() + self.state.settings.tunnel_idle_timeout_s
 
     # --- writing and local responses -------------------------------------------------------------------------
 
@@ -1061,8 +1098,8 @@ class ClientConnection(asyncio.Protocol):
             return
         kind = self._deadline_kind
         self._deadline = 0.0
-        if kind == "idle" or self._lingering:
-            self.close()
+        if kind in {"idle", "tunnel"} or self._lingering:
+            self.close()  # an idle tunnel: connection_lost closes the backend side too
         elif kind == "header" and (self._parsing is not None or self._queue):
             self._parser = None
             self._lingering = True

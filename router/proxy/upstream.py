@@ -1,8 +1,11 @@
 """The backend side of a proxied request: one `asyncio.Protocol` per pooled keep-alive connection.
 
 The connection parses responses with httptools (llhttp) and hands every event to the exchange it is lent to
-(a `ResponseSink`); it knows nothing of clients. Between exchanges it sits idle in the pool: any byte or close
-from the backend while idle makes it unusable, so the pool never lends out a dead socket knowingly.
+(a `ResponseSink`); it knows nothing of clients. Once a head with a `Content-Length` is parsed, the rest of
+that body is relayed as the bytes arrive, past the parser (which would copy every chunk into a new bytes
+object and call back for it): the length is all there is to know. Between exchanges it sits idle in the pool:
+any byte or close from the backend while idle makes it unusable, so the pool never lends out a dead socket
+knowingly.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from router.proxy.pool import Address
 class ResponseSink(Protocol):
     """What an exchange must accept from the backend connection it borrowed."""
 
-    def on_response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def on_response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> int | None:
+        """Returns the body's length when it is framed by Content-Length (and will be read), else None."""
+
     def on_response_body(self, data: bytes) -> None: ...
     def on_response_complete(self) -> None: ...
     def on_tunnel_data(self, data: bytes) -> None: ...
@@ -45,6 +50,10 @@ class UpstreamConnection(asyncio.Protocol):
         "_replace_parser",
         "_tunnel",
         "_received_any",
+        "_body_left",
+        "_raw_body",
+        "_keep_alive",
+        "_relayed",
         "_on_idle_lost",
         "_closed",
     )
@@ -63,6 +72,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._replace_parser = False
         self._tunnel = False
         self._received_any = False
+        self._body_left = 0  # bytes of a Content-Length body still to come
+        self._raw_body = False  # relaying those bytes past the parser
+        self._keep_alive = True
+        self._relayed = False
         self._closed = False
 
     # --- lending -------------------------------------------------------------------------------------------
@@ -74,6 +87,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = sink
         self._skip_body = head_request
         self._received_any = False
+        self._relayed = False
         self._headers = []
 
     @property
@@ -120,6 +134,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._on_idle_lost(self)
             return
         self._received_any = True
+        if self._raw_body:
+            self._relay_body(sink, data)
+            return
         if self._tunnel:
             sink.on_tunnel_data(data)
             return
@@ -141,6 +158,27 @@ class UpstreamConnection(asyncio.Protocol):
             # A response to HEAD announces a body it does not send; llhttp cannot be told, so start afresh.
             self._replace_parser = False
             self._parser = httptools.HttpResponseParser(self)
+        elif self._body_left > 0 and self.sink is not None:
+            self._raw_body = True  # the head is parsed and part of the body still to come: skip the parser
+
+    def _relay_body(self, sink: ResponseSink, data: bytes) -> None:
+        left = self._body_left
+        if len(data) < left:
+            self._body_left = left - len(data)
+            sink.on_response_body(data)
+            return
+        rest = data[left:] if len(data) > left else b""
+        self._body_left = 0
+        self._raw_body = False
+        self._relayed = True
+        self._parser = httptools.HttpResponseParser(self)  # the old one still waits for the body it never saw
+        sink.on_response_body(data[:left] if rest else data)
+        if self.sink is None:  # the exchange gave up the connection meanwhile
+            return
+        self._finish()
+        if rest:  # bytes past the end of the response: the backend broke the protocol; never reuse it
+            self.close()
+            self._on_idle_lost(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -172,16 +210,21 @@ class UpstreamConnection(asyncio.Protocol):
         headers, self._headers = self._headers, []
         if self.sink is None:
             return
-        self.sink.on_response_head(status, self._reason, headers)
+        length = self.sink.on_response_head(status, self._reason, headers)
+        if length:
+            self._body_left = length
+            self._keep_alive = self._parser.should_keep_alive()
         if self._skip_body and status >= 200 and self.sink is not None:
             self._replace_parser = True
             self._finish()
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None and not self._replace_parser:
+            self._body_left -= len(body)
             self.sink.on_response_body(body)
 
     def on_message_complete(self) -> None:
+        self._body_left = 0
         if self._status < 200 or self._replace_parser:  # an informational head, or HEAD already finished
             return
         self._finish()
@@ -194,7 +237,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def response_keeps_alive(self) -> bool:
         """Whether the backend allows another request on this connection after the response just read."""
-        return not self._closed and not self._tunnel and self._parser.should_keep_alive()
+        if self._closed or self._tunnel:
+            return False
+        # After a body relayed past the parser, the parser is a fresh one: what the head said counts.
+        return self._keep_alive if self._relayed else self._parser.should_keep_alive()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("lent" if self.sink is not None else "idle")
