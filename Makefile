@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 # Lint tools for the image, the compose file and Terraform, in a virtualenv of their own: checkov brings
 # many dependencies that must not mix with the project's.
 TOOLS  := .ci-tools
@@ -45,9 +46,15 @@ types: $(STAMP)
 pytest: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/pytest
 
-## make bench: the router side by side with Nginx on loopback (installs nginx and wrk with apt-get)
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+## make bench: the router side by side with Nginx on loopback, then the plot (installs nginx and wrk with
+## apt-get). About 25 minutes, 20 of them the two 10-minute soaks: BENCH_ARGS="--soak-minutes 0" skips them.
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.plot
 
 fmt: $(STAMP)
 	$(BIN)/ruff format router tests benchmarks

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -218,6 +219,11 @@ async def run(settings: Settings, worker: WorkerIdentity | None = None) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     router = Router(settings, reuse_port=worker is not None, report_fd=None if worker is None else worker.report_fd)
     await router.start()
+    # Everything allocated so far (modules, settings, the metric registry: ~40,000 objects) lives as long as
+    # the process: frozen, it is out of the collector's sight, and a full collection under load scans only
+    # what requests allocate (one took 32 ms, a stall for every request in flight, in a 30 s soak without).
+    gc.collect()
+    gc.freeze()
     await stop_requested.wait()
     drain = asyncio.create_task(router.drain())
     with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,107 @@
+"""Draw a results file of `benchmarks.run` as one PNG: CPU per request and per MiB, p99, and the soak over time,
+Nginx beside the router.
+
+    python -m benchmarks.plot [RESULTS.json] [-o benchmarks/capacity.png]
+
+Without a file, the newest one in benchmarks/results/ is drawn. Needs matplotlib (`pip install -e '.[bench]'`,
+which `make bench` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a server
+import matplotlib.pyplot as plt
+
+from benchmarks.run import HERE, RESULTS_DIR, SCENARIOS
+
+COLOURS = {"nginx": "#009639", "router": "#1f5fbf"}
+Row = dict[str, Any]
+
+
+def newest_results() -> Path:
+    files = sorted(RESULTS_DIR.glob("*.json"))
+    if not files:
+        raise SystemExit("no results in benchmarks/results/: run `make bench` first")
+    return files[-1]
+
+
+def grouped_bars(axis: Any, rows: list[Row], names: list[str], value: str, label: str) -> None:
+    """Bars per scenario, one per proxy; a proxy that failed every request gets a note instead of a bar."""
+    width = 0.38
+    for offset, proxy in ((-width / 2, "nginx"), (width / 2, "router")):
+        by_name = {r["scenario"]: r for r in rows if r["proxy"] == proxy}
+        for index, name in enumerate(names):
+            row = by_name.get(name)
+            if row is None:
+                continue
+            x = index + offset
+            if row["errors"] >= row["requests"] or not row[value]:
+                axis.text(x, 0, "failed\nevery\nrequest", ha="center", va="bottom", fontsize=7, color=COLOURS[proxy])
+                continue
+            axis.bar(x, row[value], width, color=COLOURS[proxy], label=proxy if index == 0 else None)
+            axis.text(x, row[value], f"{row[value]:g}", ha="center", va="bottom", fontsize=7)
+    axis.set_xticks(range(len(names)), names, rotation=15, ha="right", fontsize=8)
+    axis.set_ylabel(label)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS[p]) for p in ("nginx", "router")]
+    axis.legend(handles, ["nginx", "router"], fontsize=8)
+
+
+def draw(rows: list[Row], output: Path, title: str) -> None:
+    groups = {scenario.name: scenario.group for scenario in SCENARIOS}
+    present = {r["scenario"] for r in rows}
+    per_request = [s.name for s in SCENARIOS if s.group in {"requests", "connections"} and s.name in present]
+    bodies = [s.name for s in SCENARIOS if s.group == "bodies" and s.name in present]
+    soak = [r for r in rows if groups.get(r["scenario"]) is None]
+    figure, axes = plt.subplots(2, 2, figsize=(14, 9))
+    grouped_bars(axes[0][0], rows, per_request, "cpu_us_per_request", "proxy CPU µs per request")
+    axes[0][0].set_title("CPU per request (lower is better)")
+    grouped_bars(axes[0][1], rows, bodies, "cpu_ms_per_mib", "proxy CPU ms per MiB")
+    axes[0][1].set_title("CPU per MiB of body (lower is better)")
+    grouped_bars(axes[1][0], rows, per_request + bodies, "p99_ms", "p99 latency, ms (log)")
+    axes[1][0].set_yscale("log")
+    axes[1][0].set_title("p99 latency")
+    draw_soak(axes[1][1], soak)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(output, dpi=110)
+    print(f"wrote {output}")
+
+
+def draw_soak(axis: Any, soak: list[Row]) -> None:
+    memory = axis.twinx()
+    for proxy in ("nginx", "router"):
+        minutes = [r for r in soak if r["proxy"] == proxy]
+        if not minutes:
+            continue
+        x = list(range(1, len(minutes) + 1))
+        axis.plot(x, [r["p99_ms"] for r in minutes], marker="o", color=COLOURS[proxy], label=f"{proxy} p99")
+        memory.plot(x, [r["peak_rss_mib"] for r in minutes], ls="--", color=COLOURS[proxy], label=f"{proxy} RSS")
+    axis.set_xlabel("soak minute (paced, ~6,000 requests/s over 200 deployments)")
+    axis.set_ylabel("p99 ms")
+    axis.set_ylim(bottom=0)
+    memory.set_ylabel("peak RSS MiB (dashed)")
+    memory.set_ylim(bottom=0)
+    axis.set_title("Soak: p99 and memory per minute")
+    lines = axis.get_legend_handles_labels()
+    more = memory.get_legend_handles_labels()
+    axis.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower right")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="?", type=Path, default=None)
+    parser.add_argument("-o", "--output", type=Path, default=HERE / "capacity.png")
+    args = parser.parse_args()
+    path = args.results or newest_results()
+    draw(json.loads(path.read_text()), args.output, f"WhaleRay router vs Nginx reference ({path.name})")
+
+
+if __name__ == "__main__":
+    main()
