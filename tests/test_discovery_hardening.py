@@ -83,18 +83,26 @@ async def test_flood_of_random_ids_is_held_to_the_budget_while_a_known_deploymen
     assert dns.query_count("real") >= 2
 
 
+async def all_at_once(
+    router: Router, dns: DemoDnsServer, backend: BackendFactory, count: int
+) -> list[tuple[int, object]]:
+    """`count` deployments (dep-0 ...) on one backend, each requested once, all at the same time: (status,
+    error code or None) of each."""
+    for index in range(count):
+        dns.set_a(f"dep-{index}", ["127.0.0.2"])
+    await backend("127.0.0.2")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
+        answers = await asyncio.gather(*(get(session, router, f"/services/dep-{i}/") for i in range(count)))
+    return [(status, body.get("code")) for status, body in answers]
+
+
 async def test_cold_start_queues_new_deployments_beyond_the_burst_instead_of_refusing_them(
     make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
 ) -> None:
     """A task started under load sees every deployment at once: 50 of them against a budget of 20 lookups a
     second are served within --dns-queue-wait, none refused."""
     router = await make_router("--dns-max-qps", "20", "--dns-queue-wait", "5")
-    for index in range(50):
-        dns.set_a(f"dep-{index}", ["127.0.0.2"])
-    await backend("127.0.0.2")
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
-        statuses = await asyncio.gather(*(get(session, router, f"/services/dep-{i}/") for i in range(50)))
-    assert [status for status, _ in statuses] == [200] * 50
+    assert await all_at_once(router, dns, backend, 50) == [(200, None)] * 50
     assert router.state is not None
     assert router.state.discovery.stats.queries == 50  # each name queried once: waiting is not retrying
 
@@ -103,16 +111,11 @@ async def test_new_deployment_refused_when_it_cannot_wait(
     make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
 ) -> None:
     router = await make_router("--dns-max-qps", "5", "--dns-queue-wait", "0")
-    for index in range(20):
-        dns.set_a(f"dep-{index}", ["127.0.0.2"])
-    await backend("127.0.0.2")
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
-        answers = await asyncio.gather(*(get(session, router, f"/services/dep-{i}/") for i in range(20)))
-    statuses = Counter(status for status, _ in answers)
+    statuses = Counter(await all_at_once(router, dns, backend, 20))
+    assert set(statuses) == {(200, None), (503, "resolver_busy")}
     # The burst is one second's worth (5); once names are known, a sliver of it is kept for their refreshes.
-    assert 1 <= statuses[200] <= 5
-    assert statuses[200] + statuses[503] == 20
-    assert {body.get("code") for status, body in answers if status == 503} == {"resolver_busy"}
+    assert 1 <= statuses[(200, None)] <= 5
+    assert statuses[(200, None)] + statuses[(503, "resolver_busy")] == 20
 
 
 async def test_cache_holds_no_more_than_its_bound(make_router: RouterFactory, dns: DemoDnsServer) -> None:
@@ -235,14 +238,10 @@ async def test_queued_lookup_answers_resolver_busy_when_its_wait_runs_out(
     make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
 ) -> None:
     router = await make_router("--dns-max-qps", "1", "--dns-queue-wait", "0.3")
-    for index in range(5):
-        dns.set_a(f"dep-{index}", ["127.0.0.2"])
-    await backend("127.0.0.2")
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
-        answers = await asyncio.gather(*(get(session, router, f"/services/dep-{i}/") for i in range(5)))
+    statuses = await all_at_once(router, dns, backend, 5)
     # One token: one answered; one queued (1/s x 0.3 s rounds up to one place) until its wait ran out; three
     # refused at once because the queue was full.
-    assert Counter(status for status, _ in answers) == {200: 1, 503: 4}
+    assert Counter(statuses) == {(200, None): 1, (503, "resolver_busy"): 4}
     assert router.state is not None
     assert router.state.discovery.stats.queries == 1
     assert "Waiting: 0" in repr(router.state.discovery)

@@ -250,3 +250,39 @@ async def test_faulty_backend_at_volume_gets_its_status_and_leaves_nothing_behin
         return open_descriptors() <= descriptors_before
 
     await wait_for(descriptors_released, seconds=5)
+
+
+async def test_backend_restarting_on_a_new_address_fails_only_while_its_old_address_is_dead(
+    make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
+) -> None:
+    """The task dies, ECS starts a new one on another address and Cloud Map follows. Requests meanwhile can
+    only fail with 502 upstream_unavailable (the old address refuses: no retry could help), never with a
+    stale pooled connection's error; once the TTL has passed, every request reaches the new task."""
+    router = await make_router("--dns-min-ttl", "0.1")
+    dns.set_a("restarts", ["127.0.0.2"], ttl=1)
+    old = await backend("127.0.0.2", name="old")
+    outcomes: list[tuple[float, int, str]] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def client() -> None:
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                async with session.get(f"http://127.0.0.1:{router.port}/services/restarts/") as response:
+                    payload = json.loads(await response.read())
+                    outcomes.append((loop.time(), response.status, payload.get("backend") or payload.get("code")))
+
+    clients = [asyncio.create_task(client()) for _ in range(4)]
+    await asyncio.sleep(0.5)
+    await old.stop()  # the task dies: its pooled connections close, its address refuses
+    await backend("127.0.0.3", name="new")
+    dns.set_a("restarts", ["127.0.0.3"], ttl=1)
+    moved_at = loop.time() + 1.2  # the TTL and a little
+    await asyncio.sleep(2.0)
+    stop.set()
+    await asyncio.gather(*clients)
+
+    failures = {(status, detail) for _, status, detail in outcomes if status != 200}
+    assert failures <= {(502, "upstream_unavailable")}
+    assert {detail for when, status, detail in outcomes if when > moved_at} == {"new"}
+    assert any(detail == "old" for _, _, detail in outcomes)

@@ -46,17 +46,25 @@ class LoadTally:
     refused: int = 0
 
 
+async def connect(port: int, tally: LoadTally) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """A new connection, or None (counted, after a pause) when nothing accepts it: no request started."""
+    try:
+        return await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        tally.refused += 1
+        await asyncio.sleep(0.01)
+        return None
+
+
 async def keep_alive_client(port: int, tally: LoadTally, may_connect: asyncio.Event, stop: asyncio.Event) -> None:
     """Requests back to back on a keep-alive connection; a new connection when the router asks to close, as long as
     the load balancer would still send new connections here (`may_connect`)."""
     loop = asyncio.get_running_loop()
     while not stop.is_set() and may_connect.is_set():
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            tally.refused += 1
-            await asyncio.sleep(0.01)
+        connection = await connect(port, tally)
+        if connection is None:
             continue
+        reader, writer = connection
         try:
             while not stop.is_set():
                 writer.write(b"GET /services/hello/ HTTP/1.1\r\nHost: h\r\n\r\n")
@@ -106,12 +114,10 @@ async def new_connection_client(port: int, tally: LoadTally, stop: asyncio.Event
     """A request per connection, so that the kernel spreads connections over the workers (SO_REUSEPORT)."""
     loop = asyncio.get_running_loop()
     while not stop.is_set():
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            tally.refused += 1
-            await asyncio.sleep(0.01)
+        connection = await connect(port, tally)
+        if connection is None:
             continue
+        reader, writer = connection
         try:
             writer.write(b"GET /services/hello/ HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
             status, headers, _ = await asyncio.wait_for(read_response(reader), 10)

@@ -259,6 +259,13 @@ def test_round_robin_and_growing_ejection() -> None:
     assert repr(balancer) == "<Balancer [Ejected: 0]>"
 
 
+def test_ejection_of_an_address_that_keeps_failing_stays_at_the_cap() -> None:
+    balancer = Balancer(base_ejection_s=1, max_ejection_s=30)
+    durations = [balancer.failed(("127.0.0.2", 3000), now=float(n)) for n in range(5000)]  # 2.0 ** 1024 overflowed
+    assert durations[:6] == [1, 2, 4, 8, 16, 30]
+    assert set(durations[5:]) == {30}
+
+
 def test_all_ejected_still_gives_an_address() -> None:
     balancer = Balancer()
     entry = Candidates("a", "b")

@@ -14,6 +14,7 @@ from typing import Protocol
 Address = tuple[str, int]
 # Bounds the ejection table: past this many entries, expired ones are pruned on the next failure.
 _PRUNE_ABOVE = 1024
+_MAX_DOUBLINGS = 64  # failures counted at most: 2 ** 63 times the base is past any sensible cap
 
 
 class Candidates(Protocol):
@@ -62,7 +63,9 @@ class Balancer:
     def failed(self, address: Address, now: float) -> float:
         """Eject `address`; returns for how many seconds."""
         previous = self._ejected.get(address)
-        failures = 1 if previous is None else previous.failures + 1
+        # Counting stops once the back-off reaches its cap: a dead address is dialled by every request that
+        # finds nothing better, and 2.0 ** 1024 overflows (a 500 for each, until this was bounded).
+        failures = 1 if previous is None else min(previous.failures + 1, _MAX_DOUBLINGS)
         duration = min(self.base_ejection_s * 2.0 ** (failures - 1), self.max_ejection_s)
         if len(self._ejected) > _PRUNE_ABOVE:
             self._ejected = {key: value for key, value in self._ejected.items() if value.until > now}
