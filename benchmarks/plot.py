@@ -86,7 +86,7 @@ def draw_soak(axis: Any, soak: list[Row]) -> None:
         x = list(range(1, len(minutes) + 1))
         axis.plot(x, [r["p99_ms"] for r in minutes], marker="o", color=COLOURS[proxy], label=f"{proxy} p99")
         memory.plot(x, [r["peak_rss_mib"] for r in minutes], ls="--", color=COLOURS[proxy], label=f"{proxy} RSS")
-    axis.set_xlabel("soak minute (paced, ~6,000 requests/s over 200 deployments)")
+    axis.set_xlabel("soak minute (paced: 64 connections, each a request every 10 ms, 200 deployments)")
     axis.set_ylabel("p99 ms")
     axis.set_ylim(bottom=0)
     memory.set_ylabel("peak RSS MiB (dashed)")

@@ -352,10 +352,12 @@ def soak(proxy: str, pid: int, port: int, args: argparse.Namespace) -> list[Resu
     url = f"http://127.0.0.1:{port}/"
     results = []
     for minute in range(1, args.soak_minutes + 1):
-        cpu_before = process_tree_cpu_s(pid)
+        user_before, system_before = process_tree_cpu_split_s(pid)
         with PeakRss(pid) as rss:
             figures = run_wrk(url, 60, args.connections, scenario, args.threads)
-        cpu, requests = process_tree_cpu_s(pid) - cpu_before, int(figures["requests"])
+        user, system = process_tree_cpu_split_s(pid)
+        system -= system_before
+        cpu, requests = user - user_before + system, int(figures["requests"])
         result = Result(
             proxy=proxy,
             scenario=f"soak minute {minute}",
@@ -366,6 +368,7 @@ def soak(proxy: str, pid: int, port: int, args: argparse.Namespace) -> list[Resu
             p99_ms=figures["p99_ms"],
             errors=int(figures["errors"]),
             cpu_us_per_request=round(cpu / max(requests, 1) * 1e6, 1),
+            kernel_pct=round(100 * system / cpu) if cpu else 0,
             dns_qps=0.0,
             peak_rss_mib=round(rss.peak / MiB, 1),
             open_fds=process_tree_fds(pid),
