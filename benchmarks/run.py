@@ -188,11 +188,6 @@ def nginx_command(conf: Path, name: str) -> list[str]:
 # --- measuring ---------------------------------------------------------------------------------------------
 
 
-def process_tree_cpu_s(pid: int) -> float:
-    """utime + stime of `pid` and its children (nginx's workers), in seconds."""
-    return sum(process_tree_cpu_split_s(pid))
-
-
 def process_tree_cpu_split_s(pid: int) -> tuple[float, float]:
     """(utime, stime) of `pid` and its children, in seconds: the proxy's own work, and the kernel's for it."""
     user = system = 0

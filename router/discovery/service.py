@@ -152,9 +152,8 @@ class Discovery:
         if future is not None:
             return future
         known = self.cache.known(deployment)
-        if not known:
-            self.budget.hold_for(self.cache.known_count(), self._refresh_interval_s)
-        if self.budget.try_spend(now, known=known):
+        spent = self.budget.try_spend(now, known=True) if known else self._spend_for_new_name(now)
+        if spent:
             future = asyncio.get_running_loop().create_future()
             self._start(deployment, future)
             return future
@@ -166,6 +165,11 @@ class Discovery:
             return future
         self.stats.busy += 1
         return None
+
+    def _spend_for_new_name(self, now: float) -> bool:
+        """A token for a never-seen name, leaving the reserve the known names need by now."""
+        self.budget.hold_for(self.cache.known_count(), self._refresh_interval_s)
+        return self.budget.try_spend(now, known=False)
 
     def _start(self, deployment: str, future: asyncio.Future[Entry | RouterError]) -> None:
         self._inflight[deployment] = future
@@ -192,7 +196,7 @@ class Discovery:
                 if not future.done():
                     future.set_result(RouterError("resolver_busy"))
                 continue
-            if not self.budget.try_spend(now, known=False):
+            if not self._spend_for_new_name(now):
                 break
             del self._waiting[deployment]
             self._start(deployment, self._inflight[deployment])

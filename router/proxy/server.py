@@ -794,7 +794,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
             self._tunnel.write(data)
-            self._deadline = self.state.loop.time() + self.state.settings.tunnel_idle_timeout_s
+            self.tunnel_active()
             return
         parser = self._parser
         if parser is None:  # after an upgrade request, or lingering after an error: hold or drop
