@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from benchmarks.hotpath import HotPath
 from router.discovery.balancer import Balancer
 from router.discovery.budget import QueryBudget
 from router.discovery.cache import DnsCache, EntryKind
 from router.discovery.resolver import SrvTarget
 from router.discovery.service import address_allowed, plan_srv
 from router.logs import ACCESS_FIELDS, format_access
-from router.proxy.headers import ForwardContext, HeaderError, analyse_request, analyse_response, upstream_head
+from router.proxy.headers import HeaderError, analyse_request, analyse_response, upstream_head
 from router.proxy.pool import ConnectionPool
 from router.proxy.route import RouteKind, parse_target
 from router.settings import _cidrs
@@ -51,12 +53,12 @@ def test_redirect_keeps_the_query() -> None:
 
 # --- headers -------------------------------------------------------------------------------------------------
 
-CONTEXT = ForwardContext(b"10.0.0.9", b"8080", b"dep", b"rid")
+CONTEXT = {"peer_ip": b"10.0.0.9", "listen_port": b"8080", "deployment": b"dep", "request_id": b"rid"}
 
 
 def test_upstream_head_sets_forwarding_headers_once() -> None:
     info = analyse_request([(b"Host", b"h"), (b"X-Forwarded-Prefix", b"/evil"), (b"X-Real-IP", b"1.1.1.1")], 1)
-    head = upstream_head(b"GET", b"/p?q", info, CONTEXT)
+    head = upstream_head(b"GET", b"/p?q", info, **CONTEXT)
     assert head.startswith(b"GET /p?q HTTP/1.1\r\nHost: h\r\n")
     assert head.count(b"X-Forwarded-Prefix") == 1
     assert b"X-Forwarded-Prefix: /services/dep\r\n" in head
@@ -79,7 +81,7 @@ def test_serialised_head_has_one_line_per_header_and_no_hop_by_hop(headers: list
         info = analyse_request(raw, 1)
     except (HeaderError, ValueError):
         return
-    head = upstream_head(b"GET", b"/", info, CONTEXT)
+    head = upstream_head(b"GET", b"/", info, **CONTEXT)
     lines = head.split(b"\r\n")
     assert lines[-2:] == [b"", b""]
     names = [line.split(b":", 1)[0].lower() for line in lines[1:-2]]
@@ -97,12 +99,12 @@ def test_transfer_encoding_on_http_1_0_is_refused() -> None:
 
 def test_connection_cannot_strip_host() -> None:
     info = analyse_request([(b"Host", b"h"), (b"Connection", b"host, x-a"), (b"X-A", b"1")], 1)
-    assert info.forwarded == [(b"Host", b"h")]
+    assert b"".join(info.forwarded) == b"Host: h\r\n"
 
 
 def test_response_headers_named_by_connection_are_dropped() -> None:
     info = analyse_response([(b"Connection", b"X-A"), (b"X-A", b"1"), (b"X-B", b"2"), (b"Content-Length", b"3")])
-    assert info.forwarded == [b"X-B: 2\r\n"]
+    assert b"".join(info.forwarded) == b"X-B: 2\r\n"
     assert info.content_length == 3
 
 
@@ -392,3 +394,20 @@ def test_access_lines_are_json_whatever_the_path_and_trace_id() -> None:
     assert line["path"] == '/a"b\\c\x00\xff'
     assert line["trace_id"] == 'Root=1-"x"\\\n'
     assert (line["upstream_reused"], line["error"], line["deployment"]) == (True, None, "dep")
+
+
+# --- the hot path, in memory (benchmarks/hotpath.py) -------------------------------------------------------
+
+
+async def test_a_cached_answer_and_an_idle_connection_proxy_without_a_task_or_a_connect() -> None:
+    """The design's common case: answered inside the parser callbacks, on pooled connections only. The same
+    harness measures the hot path's CPU, so this also keeps that measurement honest."""
+    path = HotPath(deployments=3)
+    tasks_before = len(asyncio.all_tasks())
+    path.run(30)
+    path.check()
+    assert path.state.upstream_reuses == 30
+    assert path.state.upstream_connects == 0
+    assert path.state.inflight == 0
+    assert len(asyncio.all_tasks()) == tasks_before
+    assert path.state.metrics.requests == {("dep-0", 200): 10, ("dep-1", 200): 10, ("dep-2", 200): 10}

@@ -7,9 +7,10 @@ refused before any lookup, so no crafted id can leave the namespace (`a.b`, `..`
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 PREFIX = b"/services/"
 HEALTH_PATH = b"/health"
@@ -25,8 +26,7 @@ class RouteKind(Enum):
     INVALID_ID = "invalid_deployment_id"
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
     kind: RouteKind
     deployment: str | None = None
     # PROXY: the upstream request target (`/<rest>?<query>`); REDIRECT: the Location value.
@@ -36,6 +36,19 @@ class Route:
 NOT_FOUND = Route(RouteKind.NOT_FOUND)
 HEALTH = Route(RouteKind.HEALTH)
 INVALID_ID = Route(RouteKind.INVALID_ID)
+_new_route = tuple.__new__  # skips NamedTuple's Python-level __new__: one route is made per request
+_ID_START = len(PREFIX)
+
+
+@functools.lru_cache(maxsize=4096)
+def deployment_of(raw_id: bytes) -> str | None:
+    """The deployment named by `raw_id` (lower-cased), or None when it is not one DNS label.
+    Cached: a platform has far fewer deployments than requests, so the check runs once per id, and every
+    request for a deployment shares one string, whose hash every later dict lookup reuses. The bound keeps a
+    scan of random ids from growing it; such a scan only evicts."""
+    if _DEPLOYMENT_ID.fullmatch(raw_id) is None:
+        return None
+    return raw_id.decode("ascii").lower()
 
 
 def parse_target(target: bytes) -> Route:
@@ -43,20 +56,15 @@ def parse_target(target: bytes) -> Route:
         if target == HEALTH_PATH or target.startswith(b"/health?"):
             return HEALTH
         return NOT_FOUND
-    start = len(PREFIX)
-    end = _end_of_id(target, start)
-    raw_id = target[start:end]
-    if _DEPLOYMENT_ID.fullmatch(raw_id) is None:
+    end = target.find(b"/", _ID_START)  # the id ends at the first '/' or '?', or with the target
+    if end == -1:
+        end = len(target)
+    query = target.find(b"?", _ID_START, end)
+    if query != -1:
+        end = query
+    deployment = deployment_of(target[_ID_START:end])
+    if deployment is None:
         return INVALID_ID
-    deployment = raw_id.decode("ascii").lower()
     if end == len(target) or target[end] == 0x3F:  # no '/' after the id: `/services/<id>` or `/services/<id>?q`
-        return Route(RouteKind.REDIRECT, deployment, target[:end] + b"/" + target[end:])
-    return Route(RouteKind.PROXY, deployment, target[end:])
-
-
-def _end_of_id(target: bytes, start: int) -> int:
-    """Index of the '/' or '?' that ends the id, or the end of the target."""
-    slash = target.find(b"/", start)
-    query = target.find(b"?", start)
-    ends = [index for index in (slash, query) if index != -1]
-    return min(ends) if ends else len(target)
+        return _new_route(Route, (RouteKind.REDIRECT, deployment, target[:end] + b"/" + target[end:]))
+    return _new_route(Route, (RouteKind.PROXY, deployment, target[end:]))

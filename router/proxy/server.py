@@ -35,7 +35,6 @@ from router.errors import ERRORS, RouterError, error_body, reason_phrase
 from router.logs import AccessLog
 from router.metrics import Metrics
 from router.proxy.headers import (
-    ForwardContext,
     HeaderError,
     RequestHeaders,
     ResponseHeaders,
@@ -103,13 +102,13 @@ class ServerState:
         # rate buckets, deployments that resolved (pruned once full again): both stay bounded.
         self.inflight_by_deployment: dict[str, int] = {}
         self.rate_buckets: dict[str, list[float]] = {}
-        self._request_id_prefix = os.urandom(6).hex().encode()
-        self._request_counter = 0
+        self.request_id_prefix = os.urandom(6).hex().encode()
+        self.request_counter = 0
 
     def next_request_id(self) -> bytes:
         """Unique per process without a syscall per request: a random prefix and a counter."""
-        self._request_counter += 1
-        return b"%s%010x" % (self._request_id_prefix, self._request_counter)
+        self.request_counter += 1
+        return b"%s%010x" % (self.request_id_prefix, self.request_counter)
 
     def tick(self) -> None:
         now = self.loop.time()
@@ -147,8 +146,7 @@ class ServerState:
     def record(self, exchange: Exchange, status: int) -> None:
         """Count a finished (or abandoned) exchange, release its limit slot, and log it."""
         duration = time.perf_counter() - exchange.started_at
-        label = self.metrics.label(exchange.deployment, exchange.resolved)
-        self.metrics.request(label, status, duration)
+        self.metrics.request(exchange.deployment, exchange.resolved, status, duration)
         if exchange.admitted:
             exchange.admitted = False
             remaining = self.inflight_by_deployment.get(exchange.deployment, 1) - 1
@@ -305,7 +303,12 @@ class Exchange:
             self._refuse("bad_request")
             return
         self.info = info
-        self.request_id = info.request_id or self.state.next_request_id()
+        if info.request_id:
+            self.request_id = info.request_id
+        else:  # ServerState.next_request_id, written out: once per request
+            state = self.state
+            state.request_counter += 1
+            self.request_id = b"%s%010x" % (state.request_id_prefix, state.request_counter)
         self.body_expected = info.chunked or bool(info.content_length)
         self.body_complete = not self.body_expected
         limit = self.state.settings.max_body_bytes
@@ -327,17 +330,16 @@ class Exchange:
         if self.error is not None:
             self.respond_error(self.error)
             return
-        route = parse_target(self.target)
-        kind = route.kind
+        kind, deployment, target = parse_target(self.target)
         if kind is RouteKind.PROXY:
-            self.deployment = route.deployment or ""
-            self.upstream_target = route.target
+            self.deployment = deployment or ""
+            self.upstream_target = target
             self._start_proxy()
         elif kind is RouteKind.HEALTH:
             self._respond_health()
         elif kind is RouteKind.REDIRECT:
-            self.deployment = route.deployment or ""
-            self.conn.respond_local(self, 308, b"", b"Location: " + route.target + b"\r\n")
+            self.deployment = deployment or ""
+            self.conn.respond_local(self, 308, b"", b"Location: " + target + b"\r\n")
         elif kind is RouteKind.INVALID_ID:
             self.respond_error("invalid_deployment_id")
         else:
@@ -354,7 +356,11 @@ class Exchange:
         now = state.loop.time()
         entry = state.discovery.cached(self.deployment, now)
         address: Address | None = None
-        if entry is not None:
+        if entry is not None and entry.kind is EntryKind.POSITIVE and not entry.stale:
+            self.resolved = True  # _note_dns(entry, "hit"), written out: once per request
+            self.dns_result = "hit"
+            state.metrics.dns_lookups["hit"] += 1
+        elif entry is not None:
             self._note_dns(entry, "hit")
         if entry is not None and entry.kind is EntryKind.POSITIVE:
             if (state.settings.deployment_rate or state.settings.deployment_max_inflight) and not self._admit():
@@ -483,15 +489,22 @@ class Exchange:
         if self.replay is not None:  # a retry: send again what the stale connection swallowed
             parts = self.replay + self.pending
         else:
-            context = ForwardContext(
-                self.conn.peer_ip, self.state.listen_port, self.deployment.encode(), self.request_id
+            head = upstream_head(
+                self.method,
+                self.upstream_target,
+                self.info,
+                peer_ip=self.conn.peer_ip,
+                listen_port=self.state.listen_port,
+                deployment=self.deployment.encode(),
+                request_id=self.request_id,
             )
-            parts = [upstream_head(self.method, self.upstream_target, self.info, context), *self.pending]
+            parts = [head, *self.pending] if self.pending else [head]
         sent = len(parts[0]) if len(parts) == 1 else sum(len(part) for part in parts)
         self.replay = parts if reused and sent <= MAX_REPLAY else None
         self.replay_bytes = sent
-        self.pending = []
-        self.pending_bytes = 0
+        if self.pending:
+            self.pending = []
+            self.pending_bytes = 0
         upstream.writelines(parts)
         conn = self.conn
         if conn._paused:
@@ -566,11 +579,11 @@ class Exchange:
                 self.conn.write(b"".join((b"HTTP/1.1 %d %s\r\n" % (status, reason), *info.forwarded, b"\r\n")))
             return None
         info = analyse_response(headers)
-        status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
         if status == 101:
-            self._switch_protocols(status_line, info)
+            self._switch_protocols(status, reason, info)
             return None
-        keep = self.keep_alive and not self.close_after and not self.state.draining and self.body_complete
+        state = self.state
+        keep = self.keep_alive and not self.close_after and not state.draining and self.body_complete
         no_body = self.method == b"HEAD" or status in {204, 304}
         length = None  # the body's length when Content-Length frames it: the connection may relay it unparsed
         if no_body:
@@ -595,13 +608,13 @@ class Exchange:
             framing += b"Connection: keep-alive\r\n"
         self.response_started = True
         self.status = status
-        head = response_head(status_line, info, self.request_id, framing)
+        head = response_head(status, reason, info, self.request_id, framing)
         self.bytes_out += len(head)
         self.conn.write(head)
-        self.upstream_deadline = self.state.loop.time() + self.state.settings.upstream_read_timeout_s
+        self.upstream_deadline = state.loop.time() + state.settings.upstream_read_timeout_s
         return length
 
-    def _switch_protocols(self, status_line: bytes, info: ResponseHeaders) -> None:
+    def _switch_protocols(self, status: int, reason: bytes, info: ResponseHeaders) -> None:
         if not self.tunnel or info.upgrade is None or self.upstream is None:
             self._upstream_failed("upstream_bad_response")
             return
@@ -609,7 +622,7 @@ class Exchange:
         self.response_started = True
         self.status = 101
         self.upstream_deadline = 0.0
-        self.conn.write(response_head(status_line, info, self.request_id, upgrade_lines))
+        self.conn.write(response_head(status, reason, info, self.request_id, upgrade_lines))
         self.conn.start_tunnel(self.upstream)
 
     def on_response_body(self, data: bytes) -> None:
@@ -618,7 +631,8 @@ class Exchange:
             self.conn.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
         else:
             self.conn.write(data)
-        self.upstream_deadline = self.state.loop.time() + self.state.settings.upstream_read_timeout_s
+        state = self.state
+        self.upstream_deadline = state.loop.time() + state.settings.upstream_read_timeout_s
 
     def on_response_complete(self) -> None:
         upstream, self.upstream = self.upstream, None
@@ -626,7 +640,7 @@ class Exchange:
             self.conn.write(b"0\r\n\r\n")
         if upstream is not None:
             state = self.state
-            if self.address is not None:
+            if state.balancer.ejected and self.address is not None:
                 state.balancer.succeeded(self.address)
             if self.body_complete and not self.response_until_close and upstream.response_keeps_alive():
                 state.release(upstream)
@@ -639,7 +653,9 @@ class Exchange:
         self.conn.tunnel_active()
 
     def begin_read(self) -> None:
-        self.conn.cork()
+        conn = self.conn
+        if conn._corked is None:  # ClientConnection.cork, written out: once per backend read
+            conn._corked = []
 
     def end_read(self) -> None:
         self.conn.uncork()
@@ -861,28 +877,31 @@ class ClientConnection(asyncio.Protocol):
 
     # --- httptools callbacks -------------------------------------------------------------------------------
 
+    # The parser calls these for every request: the deadline and size checks are written out in each.
+
     def on_message_begin(self) -> None:
         self._parsing = Exchange(self)
         self._head_size = 0
-        self._set_deadline("header", self.state.settings.client_header_timeout_s)
+        self._deadline_kind = "header"
+        self._deadline = self.state.loop.time() + self.state.settings.client_header_timeout_s
 
     def on_url(self, url: bytes) -> None:
-        assert self._parsing is not None
-        self._parsing.target += url
-        self._grow_head(len(url))
+        exchange = self._parsing
+        assert exchange is not None
+        exchange.target += url
+        self._head_size += len(url)
+        if self._head_size > self.state.settings.max_header_bytes:
+            self._head_error = "headers_too_large"
+            raise ValueError("request head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self._parsing is not None
-        headers = self._parsing.headers
+        exchange = self._parsing
+        assert exchange is not None
+        headers = exchange.headers
         headers.append((name, value))
-        self._grow_head(len(name) + len(value) + 4)
-        if len(headers) > self.state.settings.max_header_count:
-            self._head_error = "headers_too_large"
-            raise ValueError("too many header lines")
-
-    def _grow_head(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > self.state.settings.max_header_bytes:
+        self._head_size += len(name) + len(value) + 4
+        settings = self.state.settings
+        if self._head_size > settings.max_header_bytes or len(headers) > settings.max_header_count:
             self._head_error = "headers_too_large"
             raise ValueError("request head too large")
 
@@ -901,7 +920,11 @@ class ClientConnection(asyncio.Protocol):
             self._deadline = 0.0
         if exchange.info is not None and exchange.info.upgrade is not None and exchange.error is None:
             exchange.tunnel = True
-        self._enqueue(exchange)
+        if self._active is None and not self._queue and not self._closing and not self._eof_sent:
+            self._active = exchange  # _enqueue's common case, written out: once per request
+            exchange.start()
+        else:
+            self._enqueue(exchange)
 
     def on_body(self, body: bytes) -> None:
         self._body_left -= len(body)
@@ -916,7 +939,7 @@ class ClientConnection(asyncio.Protocol):
         exchange, self._parsing = self._parsing, None
         if self._deadline_kind == "body":
             self._deadline = 0.0
-        if exchange is not None:
+        if exchange is not None and not exchange.body_complete:  # a request without body is complete already
             exchange.on_request_complete()
         if self._active is None and not self._queue and not self._closing:
             # Answered inside its own parser callback (health, errors): idle from here on.
@@ -948,23 +971,25 @@ class ClientConnection(asyncio.Protocol):
         if exchange.finished:
             return
         exchange.finished = True
-        self.state.inflight -= 1
-        self.state.record(exchange, exchange.status)
+        state = self.state
+        state.inflight -= 1
+        state.record(exchange, exchange.status)
         if self._active is exchange:
             self._active = None
         if self._paused:
             self.resume(PAUSE_UPSTREAM_FULL | PAUSE_NO_UPSTREAM)
         parser_done = self._parser is None and not self._queue  # nothing more can be read on this connection
-        if exchange.close_after or self._closing or parser_done or (self.state.draining and not self._queue):
+        if exchange.close_after or self._closing or parser_done or (state.draining and not self._queue):
             if exchange.body_complete:
                 self.close()
             else:
                 self._linger()
             return
         if self._queue:
-            self.state.loop.call_soon(self._start_next)
+            state.loop.call_soon(self._start_next)
         elif self._parsing is None:
-            self._set_deadline("idle", self.state.settings.client_keepalive_timeout_s)
+            self._deadline_kind = "idle"  # _set_deadline, written out: once per request
+            self._deadline = state.loop.time() + state.settings.client_keepalive_timeout_s
 
     def _on_parse_error(self, code: str) -> None:
         """A malformed request: answer it in its turn, then close; nothing after it is read."""

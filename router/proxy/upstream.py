@@ -88,7 +88,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._skip_body = head_request
         self._received_any = False
         self._relayed = False
-        self._headers = []
 
     @property
     def received_any(self) -> bool:
@@ -227,7 +226,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._body_left = 0
         if self._status < 200 or self._replace_parser:  # an informational head, or HEAD already finished
             return
-        self._finish()
+        sink, self.sink = self.sink, None  # _finish, written out: once per response
+        self.requests_served += 1
+        if sink is not None:
+            sink.on_response_complete()
 
     def _finish(self) -> None:
         sink, self.sink = self.sink, None
