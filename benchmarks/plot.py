@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a server
 import matplotlib.pyplot as plt
 
-from benchmarks.run import HERE, RESULTS_DIR, SCENARIOS
+from benchmarks.run import HERE, RESULTS_DIR, SCENARIOS, Result, medians
 
 COLOURS = {"nginx": "#009639", "router": "#1f5fbf"}
 Row = dict[str, Any]
@@ -103,7 +104,8 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, default=HERE / "capacity.png")
     args = parser.parse_args()
     path = args.results or newest_results()
-    draw(json.loads(path.read_text()), args.output, f"WhaleRay router vs Nginx reference ({path.name})")
+    rows = [asdict(result) for result in medians([Result(**row) for row in json.loads(path.read_text())])]
+    draw(rows, args.output, f"WhaleRay router vs Nginx reference ({path.name})")
 
 
 if __name__ == "__main__":

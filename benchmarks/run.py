@@ -14,6 +14,7 @@ Installs nginx and wrk with apt-get when they are missing (as root). All traffic
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -103,6 +104,21 @@ class Result:
     peak_rss_mib: float = 0.0
     rss_kib_per_connection: float = 0.0
     open_fds: int = 0
+    run: int = 1  # which of --repeat's rounds
+
+
+def cpu_of(result: Result) -> float:
+    """The CPU figure a scenario is judged by: per MiB for bodies, per request otherwise."""
+    return result.cpu_ms_per_mib if result.mib_per_s else result.cpu_us_per_request
+
+
+def medians(results: list[Result]) -> list[Result]:
+    """One result per proxy and scenario: with --repeat, the round whose CPU figure is the median (the lower
+    middle one for an even count), so that every column of a row comes from the same run."""
+    runs: dict[tuple[str, str], list[Result]] = {}
+    for result in results:
+        runs.setdefault((result.proxy, result.scenario), []).append(result)
+    return [sorted(group, key=cpu_of)[(len(group) - 1) // 2] for group in runs.values()]
 
 
 # --- set-up ------------------------------------------------------------------------------------------------
@@ -163,9 +179,14 @@ def adapt_reference(listen_port: int, dns_port: int, upstream_port: int) -> str:
 
 
 @contextmanager
-def process(name: str, command: list[str], ready_port: int | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    name: str, command: list[str], ready_port: int | None = None, cpus: set[int] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`command` running until the block ends; on `cpus` only when given (set in the child before it starts,
+    so that Nginx's workers and the router's threads inherit it)."""
     log = (RUN_DIR / f"{name}.log").open("wb")
-    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    pin = None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus)
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=pin)  # noqa: PLW1509
     try:
         if ready_port is not None:
             wait_for_port(ready_port)
@@ -398,7 +419,23 @@ def parse_args() -> argparse.Namespace:
         "--scenarios", default=",".join(SCENARIO_NAMES), help=f"comma-separated: {', '.join(SCENARIO_NAMES)}"
     )
     parser.add_argument("--soak-minutes", type=int, default=10, help="minutes of paced soak per proxy (0: none)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of every scenario, the proxies taking turns (the soak runs in the last round only); the "
+        "tables show each scenario's median round and list every round's CPU ratio",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run the proxy under test on the first CPU only, and wrk, the backend and the DNS fixture on the "
+        "others (as in ECS, where the router task has CPUs of its own): less noise, and no load generator "
+        "competing with the proxy for its core",
+    )
     args = parser.parse_args()
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        parser.error("--pin needs at least two CPUs")
     unknown = [name for name in args.scenarios.split(",") if name and name not in SCENARIO_NAMES]
     if unknown:
         parser.error(f"unknown scenario {', '.join(unknown)}")
@@ -427,6 +464,14 @@ def prepare_backend(upstream_port: int) -> Path:
     return uploads
 
 
+def pin_cpus() -> set[int]:
+    """Keep the first CPU for the proxy: this process, and so every child it starts after this (wrk, the
+    backend, the DNS fixture), moves to the others. Returns the proxy's CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, set(cpus[1:]))
+    return {cpus[0]}
+
+
 def raise_descriptor_limit() -> None:
     """As the task definition's nofile ulimit (65536) does in ECS: 5,000 connections need more than 1024."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -449,6 +494,7 @@ def main() -> None:
     args = parse_args()
     ensure_tools()
     raise_descriptor_limit()
+    proxy_cpus = pin_cpus() if args.pin else None
     RUN_DIR.mkdir(exist_ok=True)
     RESULTS_DIR.mkdir(exist_ok=True)
     dns_port, upstream_port, nginx_port, router_port = free_port(), free_port(), free_port(), free_port()
@@ -467,15 +513,18 @@ def main() -> None:
                 "nginx": (nginx_command(router_conf, "nginx-router"), nginx_port),
                 "router": (router_command(args, router_port, dns_port, upstream_port), router_port),
             }
-            for name in args.proxies.split(","):
-                command, port = proxies[name]
-                with process(name, command, ready_port=port) as child:
-                    check_routes(port)
-                    for scenario_name in filter(None, args.scenarios.split(",")):
-                        result = measure(name, child.pid, port, SCENARIO_NAMES[scenario_name], args, dns=dns)
-                        print(json.dumps(asdict(result)), flush=True)
-                        results.append(result)
-                    results += soak(name, child.pid, port, args)
+            for run in range(1, args.repeat + 1):
+                for name in args.proxies.split(","):
+                    command, port = proxies[name]
+                    with process(name, command, ready_port=port, cpus=proxy_cpus) as child:
+                        check_routes(port)
+                        for scenario_name in filter(None, args.scenarios.split(",")):
+                            result = measure(name, child.pid, port, SCENARIO_NAMES[scenario_name], args, dns=dns)
+                            result.run = run
+                            print(json.dumps(asdict(result)), flush=True)
+                            results.append(result)
+                        if run == args.repeat:
+                            results += soak(name, child.pid, port, args)
     finally:
         shutil.rmtree(uploads, ignore_errors=True)
     report(results, args)
@@ -485,7 +534,9 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     path = RESULTS_DIR / f"{stamp}.json"
     path.write_text(json.dumps([asdict(r) for r in results], indent=2))
-    print(f"\nwrk -t{args.threads}, {args.duration:g} s runs on {os.cpu_count()} CPUs, one run ({path}):")
+    placement = "the proxy pinned to one CPU, the rest on the others" if args.pin else "all sharing them"
+    rounds = "one run" if args.repeat == 1 else f"median of {args.repeat} rounds"
+    print(f"\nwrk -t{args.threads}, {args.duration:g} s runs on {os.cpu_count()} CPUs, {placement}, {rounds} ({path}):")
     for line in tables(results):
         print(line)
 
@@ -534,6 +585,7 @@ def tables(results: list[Result]) -> list[str]:
                     r.rss_kib_per_connection]  # fmt: skip
         return [r.rps, f"{r.p99_ms:.2f}", r.errors, r.cpu_us_per_request, r.peak_rss_mib, r.open_fds]
 
+    every_round, results = results, medians(results)
     lines: list[str] = []
     for group, names in columns.items():
         rows = [r for r in results if groups.get(r.scenario, "soak") == group]
@@ -547,6 +599,23 @@ def tables(results: list[Result]) -> list[str]:
         nginx, router = by_key.get(("nginx", scenario.name)), by_key.get(("router", scenario.name))
         if nginx and router:
             lines.append(f"- {scenario.name}: {comparison(router, nginx, per_mib=scenario.body_mib > 0)}")
+    lines += round_by_round(every_round)
+    return lines
+
+
+def round_by_round(results: list[Result]) -> list[str]:
+    """With --repeat: each round's router/Nginx CPU ratio, the two proxies of a round having run back to back."""
+    by_round = {(r.proxy, r.scenario, r.run): r for r in results}
+    lines: list[str] = []
+    for scenario in SCENARIOS:
+        ratios = []
+        for run in sorted({r.run for r in results}):
+            nginx, router = by_round.get(("nginx", scenario.name, run)), by_round.get(("router", scenario.name, run))
+            if nginx and router and cpu_of(nginx):
+                ratios.append(cpu_of(router) / cpu_of(nginx))
+        if len(ratios) > 1:
+            listed = ", ".join(f"{ratio:.2f}x" for ratio in ratios)
+            lines.append(f"- {scenario.name}, router/Nginx CPU round by round: {listed}")
     return lines
 
 
