@@ -124,8 +124,8 @@ class Discovery:
     def cached(self, deployment: str, now: float) -> Entry | None:
         """The usable cached entry, or None (then await `resolve`). Starts a refresh when one is due."""
         entry = self.cache.fresh(deployment, now)
-        # DnsCache.needs_refresh, written out: this runs for every request
-        if entry is not None and now >= entry.refresh_at and not entry.refreshing and entry.kind is EntryKind.POSITIVE:
+        # The first test spares every request before the refresh point a call (this runs for every request).
+        if entry is not None and now >= entry.refresh_at and self.cache.needs_refresh(entry, now):
             entry.refreshing = self._query(deployment, now) is not None  # refused by the budget: next request
         return entry
 

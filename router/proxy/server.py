@@ -653,8 +653,10 @@ class Exchange:
         self.conn.tunnel_active()
 
     def begin_read(self) -> None:
+        """Collect the client writes until `end_read`: one backend read (head and body, usually) becomes one
+        send. Sets the connection's buffer directly: this runs for every backend read."""
         conn = self.conn
-        if conn._corked is None:  # ClientConnection.cork, written out: once per backend read
+        if conn._corked is None:
             conn._corked = []
 
     def end_read(self) -> None:
@@ -779,7 +781,7 @@ class ClientConnection(asyncio.Protocol):
         self._lingering = False
         self._tunnel: UpstreamConnection | None = None
         self._early_tunnel: list[bytes] = []
-        self._corked: list[bytes] | None = None
+        self._corked: list[bytes] | None = None  # writes held during a backend read (Exchange.begin_read)
         self._eof_sent = False
 
     # --- asyncio.Protocol ----------------------------------------------------------------------------------
@@ -1039,12 +1041,8 @@ class ClientConnection(asyncio.Protocol):
 
     # --- writing and local responses -------------------------------------------------------------------------
 
-    def cork(self) -> None:
-        """Collect writes until `uncork`: one backend read (head and body, usually) becomes one send."""
-        if self._corked is None:
-            self._corked = []
-
     def uncork(self) -> None:
+        """Send what was held since Exchange.begin_read, as one write."""
         corked, self._corked = self._corked, None
         if corked and self.transport is not None and not self._closing and not self._eof_sent:
             self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
