@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.hotpath import HotPath
+from benchmarks.run import Result, medians, tables
 from router.discovery.balancer import Balancer
 from router.discovery.budget import QueryBudget
 from router.discovery.cache import DnsCache, EntryKind
@@ -411,3 +412,17 @@ async def test_a_cached_answer_and_an_idle_connection_proxy_without_a_task_or_a_
     assert path.state.inflight == 0
     assert len(asyncio.all_tasks()) == tasks_before
     assert path.state.metrics.requests == {("dep-0", 200): 10, ("dep-1", 200): 10, ("dep-2", 200): 10}
+
+
+def test_repeated_benchmark_rounds_report_the_median_round_whole_and_every_ratio() -> None:
+    def result(proxy: str, cpu: float, run: int) -> Result:
+        return Result(proxy, "200 deployments", 1000, 10.0, 100.0, 1.0, cpu / 10, 0, cpu, 0.0, run=run)
+
+    rounds = [result("nginx", 40.0, 1), result("router", 30.0, 1), result("nginx", 50.0, 2)]
+    rounds += [result("router", 20.0, 2), result("nginx", 45.0, 3), result("router", 36.0, 3)]
+    chosen = {r.proxy: r for r in medians(rounds)}
+    assert (chosen["nginx"].cpu_us_per_request, chosen["nginx"].run) == (45.0, 3)
+    assert (chosen["router"].cpu_us_per_request, chosen["router"].p99_ms) == (30.0, 3.0)  # one run's columns
+    lines = tables(rounds)
+    assert "- 200 deployments: router CPU per request = 0.67x Nginx's; p99 3.00 ms vs 4.50 ms; errors 0 vs 0" in lines
+    assert "- 200 deployments, router/Nginx CPU round by round: 0.75x, 0.40x, 0.80x" in lines
