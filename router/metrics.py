@@ -87,17 +87,13 @@ class Metrics(Collector):
             return deployment
         return OTHER
 
-    def request(self, deployment: str, resolved: bool, status: int, duration_s: float) -> None:
-        """One answered request. Once per request: the label and the histogram update are written out here."""
-        label = deployment if resolved and deployment in self._labels else self.label(deployment, resolved)
+    def request(self, label: str, status: int, duration_s: float) -> None:
         key = (label, status)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
+        self.requests[key] = self.requests.get(key, 0) + 1
         histogram = self.durations.get(label)
         if histogram is None:
             histogram = self.durations[label] = Histogram(REQUEST_BUCKETS)
-        histogram.counts[bisect_left(REQUEST_BUCKETS, duration_s)] += 1
-        histogram.total += duration_s
+        histogram.observe(duration_s)
 
     def upstream_error(self, label: str, kind: str) -> None:
         key = (label, kind)
@@ -282,7 +278,7 @@ class NullMetrics(Metrics):
     def label(self, deployment: str, resolved: bool) -> str:
         return UNKNOWN
 
-    def request(self, deployment: str, resolved: bool, status: int, duration_s: float) -> None:
+    def request(self, label: str, status: int, duration_s: float) -> None:
         return
 
     def upstream_error(self, label: str, kind: str) -> None:

@@ -36,25 +36,24 @@ class Balancer:
     def __init__(self, *, base_ejection_s: float = 1.0, max_ejection_s: float = 30.0) -> None:
         self.base_ejection_s = base_ejection_s
         self.max_ejection_s = max_ejection_s
-        # Public so the hot path can skip calls while nothing is ejected (the usual state).
-        self.ejected: dict[Address, Ejection] = {}
+        self._ejected: dict[Address, Ejection] = {}
 
     def pick(self, candidates: Candidates, now: float, avoid: Address | None = None) -> Address:
         addresses = candidates.addresses
         count = len(addresses)
-        if count == 1 and not self.ejected:
+        if count == 1 and not self._ejected:
             return addresses[0]
         start = candidates.cursor
         candidates.cursor = start + 1
         fallback: Address | None = None
         for offset in range(count):
             address = addresses[(start + offset) % count]
-            ejection = self.ejected.get(address)
+            ejection = self._ejected.get(address)
             if address == avoid:
                 continue
             if ejection is None or now >= ejection.until:
                 return address
-            if fallback is None or ejection.until < self.ejected[fallback].until:
+            if fallback is None or ejection.until < self._ejected[fallback].until:
                 fallback = address
         for address in candidates.backup:  # every preferred address is ejected: a less preferred one
             if address != avoid and not self.is_ejected(address, now):
@@ -63,23 +62,23 @@ class Balancer:
 
     def failed(self, address: Address, now: float) -> float:
         """Eject `address`; returns for how many seconds."""
-        previous = self.ejected.get(address)
+        previous = self._ejected.get(address)
         # Counting stops once the back-off reaches its cap: a dead address is dialled by every request that
         # finds nothing better, and 2.0 ** 1024 overflows (a 500 for each, until this was bounded).
         failures = 1 if previous is None else min(previous.failures + 1, _MAX_DOUBLINGS)
         duration = min(self.base_ejection_s * 2.0 ** (failures - 1), self.max_ejection_s)
-        if len(self.ejected) > _PRUNE_ABOVE:
-            self.ejected = {key: value for key, value in self.ejected.items() if value.until > now}
-        self.ejected[address] = Ejection(now + duration, failures)
+        if len(self._ejected) > _PRUNE_ABOVE:
+            self._ejected = {key: value for key, value in self._ejected.items() if value.until > now}
+        self._ejected[address] = Ejection(now + duration, failures)
         return duration
 
     def succeeded(self, address: Address) -> None:
-        if self.ejected:
-            self.ejected.pop(address, None)
+        if self._ejected:
+            self._ejected.pop(address, None)
 
     def is_ejected(self, address: Address, now: float) -> bool:
-        ejection = self.ejected.get(address)
+        ejection = self._ejected.get(address)
         return ejection is not None and now < ejection.until
 
     def __repr__(self) -> str:
-        return f"<Balancer [Ejected: {len(self.ejected)}]>"
+        return f"<Balancer [Ejected: {len(self._ejected)}]>"

@@ -102,13 +102,13 @@ class ServerState:
         # rate buckets, deployments that resolved (pruned once full again): both stay bounded.
         self.inflight_by_deployment: dict[str, int] = {}
         self.rate_buckets: dict[str, list[float]] = {}
-        self.request_id_prefix = os.urandom(6).hex().encode()
-        self.request_counter = 0
+        self._request_id_prefix = os.urandom(6).hex().encode()
+        self._request_counter = 0
 
     def next_request_id(self) -> bytes:
         """Unique per process without a syscall per request: a random prefix and a counter."""
-        self.request_counter += 1
-        return b"%s%010x" % (self.request_id_prefix, self.request_counter)
+        self._request_counter += 1
+        return b"%s%010x" % (self._request_id_prefix, self._request_counter)
 
     def tick(self) -> None:
         now = self.loop.time()
@@ -146,7 +146,8 @@ class ServerState:
     def record(self, exchange: Exchange, status: int) -> None:
         """Count a finished (or abandoned) exchange, release its limit slot, and log it."""
         duration = time.perf_counter() - exchange.started_at
-        self.metrics.request(exchange.deployment, exchange.resolved, status, duration)
+        label = self.metrics.label(exchange.deployment, exchange.resolved)
+        self.metrics.request(label, status, duration)
         if exchange.admitted:
             exchange.admitted = False
             remaining = self.inflight_by_deployment.get(exchange.deployment, 1) - 1
@@ -303,12 +304,7 @@ class Exchange:
             self._refuse("bad_request")
             return
         self.info = info
-        if info.request_id:
-            self.request_id = info.request_id
-        else:  # ServerState.next_request_id, written out: once per request
-            state = self.state
-            state.request_counter += 1
-            self.request_id = b"%s%010x" % (state.request_id_prefix, state.request_counter)
+        self.request_id = info.request_id or self.state.next_request_id()
         self.body_expected = info.chunked or bool(info.content_length)
         self.body_complete = not self.body_expected
         limit = self.state.settings.max_body_bytes
@@ -356,11 +352,7 @@ class Exchange:
         now = state.loop.time()
         entry = state.discovery.cached(self.deployment, now)
         address: Address | None = None
-        if entry is not None and entry.kind is EntryKind.POSITIVE and not entry.stale:
-            self.resolved = True  # _note_dns(entry, "hit"), written out: once per request
-            self.dns_result = "hit"
-            state.metrics.dns_lookups["hit"] += 1
-        elif entry is not None:
+        if entry is not None:
             self._note_dns(entry, "hit")
         if entry is not None and entry.kind is EntryKind.POSITIVE:
             if (state.settings.deployment_rate or state.settings.deployment_max_inflight) and not self._admit():
@@ -640,7 +632,7 @@ class Exchange:
             self.conn.write(b"0\r\n\r\n")
         if upstream is not None:
             state = self.state
-            if state.balancer.ejected and self.address is not None:
+            if self.address is not None:
                 state.balancer.succeeded(self.address)
             if self.body_complete and not self.response_until_close and upstream.response_keeps_alive():
                 state.release(upstream)
@@ -653,11 +645,7 @@ class Exchange:
         self.conn.tunnel_active()
 
     def begin_read(self) -> None:
-        """Collect the client writes until `end_read`: one backend read (head and body, usually) becomes one
-        send. Sets the connection's buffer directly: this runs for every backend read."""
-        conn = self.conn
-        if conn._corked is None:
-            conn._corked = []
+        self.conn.cork()
 
     def end_read(self) -> None:
         self.conn.uncork()
@@ -781,7 +769,7 @@ class ClientConnection(asyncio.Protocol):
         self._lingering = False
         self._tunnel: UpstreamConnection | None = None
         self._early_tunnel: list[bytes] = []
-        self._corked: list[bytes] | None = None  # writes held during a backend read (Exchange.begin_read)
+        self._corked: list[bytes] | None = None
         self._eof_sent = False
 
     # --- asyncio.Protocol ----------------------------------------------------------------------------------
@@ -879,31 +867,28 @@ class ClientConnection(asyncio.Protocol):
 
     # --- httptools callbacks -------------------------------------------------------------------------------
 
-    # The parser calls these for every request: the deadline and size checks are written out in each.
-
     def on_message_begin(self) -> None:
         self._parsing = Exchange(self)
         self._head_size = 0
-        self._deadline_kind = "header"
-        self._deadline = self.state.loop.time() + self.state.settings.client_header_timeout_s
+        self._set_deadline("header", self.state.settings.client_header_timeout_s)
 
     def on_url(self, url: bytes) -> None:
-        exchange = self._parsing
-        assert exchange is not None
-        exchange.target += url
-        self._head_size += len(url)
-        if self._head_size > self.state.settings.max_header_bytes:
-            self._head_error = "headers_too_large"
-            raise ValueError("request head too large")
+        assert self._parsing is not None
+        self._parsing.target += url
+        self._grow_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        exchange = self._parsing
-        assert exchange is not None
-        headers = exchange.headers
+        assert self._parsing is not None
+        headers = self._parsing.headers
         headers.append((name, value))
-        self._head_size += len(name) + len(value) + 4
-        settings = self.state.settings
-        if self._head_size > settings.max_header_bytes or len(headers) > settings.max_header_count:
+        self._grow_head(len(name) + len(value) + 4)
+        if len(headers) > self.state.settings.max_header_count:
+            self._head_error = "headers_too_large"
+            raise ValueError("too many header lines")
+
+    def _grow_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > self.state.settings.max_header_bytes:
             self._head_error = "headers_too_large"
             raise ValueError("request head too large")
 
@@ -922,11 +907,7 @@ class ClientConnection(asyncio.Protocol):
             self._deadline = 0.0
         if exchange.info is not None and exchange.info.upgrade is not None and exchange.error is None:
             exchange.tunnel = True
-        if self._active is None and not self._queue and not self._closing and not self._eof_sent:
-            self._active = exchange  # _enqueue's common case, written out: once per request
-            exchange.start()
-        else:
-            self._enqueue(exchange)
+        self._enqueue(exchange)
 
     def on_body(self, body: bytes) -> None:
         self._body_left -= len(body)
@@ -990,8 +971,7 @@ class ClientConnection(asyncio.Protocol):
         if self._queue:
             state.loop.call_soon(self._start_next)
         elif self._parsing is None:
-            self._deadline_kind = "idle"  # _set_deadline, written out: once per request
-            self._deadline = state.loop.time() + state.settings.client_keepalive_timeout_s
+            self._set_deadline("idle", state.settings.client_keepalive_timeout_s)
 
     def _on_parse_error(self, code: str) -> None:
         """A malformed request: answer it in its turn, then close; nothing after it is read."""
@@ -1041,8 +1021,12 @@ class ClientConnection(asyncio.Protocol):
 
     # --- writing and local responses -------------------------------------------------------------------------
 
+    def cork(self) -> None:
+        """Collect writes until `uncork`: one backend read (head and body, usually) becomes one send."""
+        if self._corked is None:
+            self._corked = []
+
     def uncork(self) -> None:
-        """Send what was held since Exchange.begin_read, as one write."""
         corked, self._corked = self._corked, None
         if corked and self.transport is not None and not self._closing and not self._eof_sent:
             self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))

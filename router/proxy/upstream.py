@@ -226,10 +226,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._body_left = 0
         if self._status < 200 or self._replace_parser:  # an informational head, or HEAD already finished
             return
-        sink, self.sink = self.sink, None  # _finish, written out: once per response
-        self.requests_served += 1
-        if sink is not None:
-            sink.on_response_complete()
+        self._finish()
 
     def _finish(self) -> None:
         sink, self.sink = self.sink, None
