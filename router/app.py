@@ -48,6 +48,8 @@ def tick_interval(settings: Settings) -> float:
         settings.upstream_header_timeout_s,
         settings.upstream_read_timeout_s,
         settings.upstream_idle_timeout_s,
+        settings.client_send_timeout_s,
+        settings.upstream_send_timeout_s,
     )
     return min(max(shortest / 4, MIN_TICK_S), MAX_TICK_S)
 

@@ -70,6 +70,10 @@ class Settings:
     upstream_read_timeout_s: float
     upstream_idle_timeout_s: float
     upstream_max_idle_per_address: int
+    upstream_max_header_bytes: int
+    upstream_max_header_count: int
+    client_send_timeout_s: float
+    upstream_send_timeout_s: float
     max_header_bytes: int
     max_header_count: int
     max_body_bytes: int
@@ -429,6 +433,36 @@ OPTIONS: tuple[Option, ...] = (
         "128",
         "Idle pooled connections kept per backend address.",
     ),
+    Option(
+        "upstream_max_header_bytes",
+        "--upstream-max-header-size",
+        _bytes,
+        "64k",
+        "Largest response head a backend may send (1xx heads and trailers count toward it); 502 above.",
+    ),
+    Option(
+        "upstream_max_header_count",
+        "--upstream-max-header-count",
+        _positive_int,
+        "200",
+        "Most header lines in a backend's response (trailers included); 502 above.",
+    ),
+    Option(
+        "client_send_timeout_s",
+        "--client-send-timeout",
+        _seconds,
+        "60",
+        "Seconds a client may take no byte of what the router writes before its connection is closed "
+        "(Nginx's send_timeout): a client that stops reading frees its backend connection and in-flight slot.",
+    ),
+    Option(
+        "upstream_send_timeout_s",
+        "--upstream-send-timeout",
+        _seconds,
+        "60",
+        "Seconds a backend may take no byte of a request body before the request fails: 504 when no response "
+        "byte was sent yet, else the client connection is closed (Nginx's proxy_send_timeout).",
+    ),
     Option("max_header_bytes", "--max-header-size", _bytes, "32k", "Largest request line plus headers; 431 above."),
     Option("max_header_count", "--max-header-count", _positive_int, "100", "Most request header lines; 431 above."),
     Option(
@@ -549,6 +583,8 @@ def _check_consistency(settings: Settings) -> None:
         raise SettingsError("--dns-min-ttl must not exceed --dns-max-ttl")
     if settings.max_header_bytes < 1024:
         raise SettingsError("--max-header-size must be at least 1k")
+    if settings.upstream_max_header_bytes < 1024:
+        raise SettingsError("--upstream-max-header-size must be at least 1k")
 
 
 def unknown_environment(environ: Mapping[str, str]) -> list[str]:

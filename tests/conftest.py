@@ -180,16 +180,22 @@ async def raw_request(port: int, data: bytes, *, wait_s: float = 5.0, host: str 
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    """Read one Content-Length or chunked response from a raw connection."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
+    """Read the next final response from a raw connection, as a client would: 1xx heads are skipped, 204 and
+    304 have no body whatever their head says, and a body framed by neither length nor chunks ends at close."""
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        if status >= 200:
+            break
     headers = {}
     for line in lines[1:]:
         if line:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-    if "content-length" in headers:
+    if status in {204, 304}:
+        body = b""
+    elif "content-length" in headers:
         body = await reader.readexactly(int(headers["content-length"]))
     elif headers.get("transfer-encoding") == "chunked":
         parts = []
@@ -199,6 +205,8 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
             if size == 0:
                 break
         body = b"".join(part[:-2] for part in parts)
+    elif headers.get("connection") == "close":
+        body = await reader.read()
     else:
         body = b""
     return status, headers, body
@@ -344,6 +352,14 @@ class RouterProcess:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         raise AssertionError("no VmRSS")
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
 
 
 async def wait_for_port(port: int, deadline_s: float = 10.0) -> None:

@@ -25,8 +25,8 @@ from tests.conftest import (
     ScriptedFactory,
     raw_request,
     read_response,
+    wait_for,
 )
-from tests.test_workers import wait_for
 
 KNOWN_STATUSES = {200, 308, 400, 404, 405, 408, 413, 431, 502, 503, 504}
 

@@ -18,8 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.run import children_of
 from router.demo.dns import DemoDnsServer
-from tests.conftest import BackendFactory, RouterProcess, read_response
-from tests.test_workers import wait_for
+from tests.conftest import BackendFactory, RouterProcess, read_response, wait_for
 
 MiB = 1 << 20
 StartRouter = Callable[..., Awaitable[RouterProcess]]

@@ -15,17 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.run import children_of as children
 from router.cpus import available_cpus, cgroup_cpu_quota
 from router.demo.dns import DemoDnsServer
-from tests.conftest import BackendFactory, RouterProcess
+from tests.conftest import BackendFactory, RouterProcess, wait_for
 
 StartRouter = Callable[..., Awaitable[RouterProcess]]
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not await condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
 
 
 async def request_ids(port: int, count: int) -> list[tuple[int, str]]:

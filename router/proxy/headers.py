@@ -17,8 +17,12 @@ import re
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"content-length"}
 )
-# Request headers the router owns: whatever a client sends under these names is replaced, never trusted.
-_ROUTER_OWNED_REQUEST = frozenset({b"expect", b"x-forwarded-prefix", b"x-real-ip", b"x-request-id"})
+# Request headers the router owns: whatever a client sends under these names is replaced or dropped, never
+# trusted. `Forwarded` and `X-Forwarded-Host` are claims the ALB neither sets nor overwrites, so a client could
+# forge them for frameworks that read them first; the backend learns the host from `Host`, forwarded as sent.
+_ROUTER_OWNED_REQUEST = frozenset(
+    {b"expect", b"x-forwarded-prefix", b"x-real-ip", b"x-request-id", b"forwarded", b"x-forwarded-host"}
+)
 # Request headers that are not forwarded as they came: dropped, replaced or merged by the router.
 _REQUEST_SPECIAL = HOP_BY_HOP | _ROUTER_OWNED_REQUEST | {b"host", b"x-forwarded-for", b"x-forwarded-proto"}
 _REQUEST_SPECIAL |= {b"x-forwarded-port", b"x-amzn-trace-id"}

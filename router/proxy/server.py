@@ -45,7 +45,7 @@ from router.proxy.headers import (
 )
 from router.proxy.pool import ConnectionPool
 from router.proxy.route import RouteKind, parse_target
-from router.proxy.upstream import UpstreamConnection
+from router.proxy.upstream import UpstreamConnection, UpstreamFailure
 from router.settings import Settings
 
 log = logging.getLogger("router.proxy")
@@ -65,6 +65,7 @@ PAUSE_PIPELINE = 1  # a pipelined request waits for the active one
 PAUSE_UPSTREAM_FULL = 2  # the backend's write buffer is full
 PAUSE_NO_UPSTREAM = 4  # body bytes wait for a backend connection
 PAUSE_TUNNEL = 8  # bytes after an upgrade request wait for the backend's 101
+PAUSE_CLIENT_FULL = 16  # the client's write buffer is full: read no more of what it asks until it reads
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -176,10 +177,18 @@ class ServerState:
         """A new backend connection. `create_connection(host, port)`, never `sock=`: uvloop before 0.23 closed
         a recycled descriptor when a connect on a pre-made socket was cancelled by a timeout."""
         started = self.loop.time()
-        async with asyncio.timeout(self.settings.upstream_connect_timeout_s):
-            _, upstream = await self.loop.create_connection(
-                lambda: UpstreamConnection(address, self.forget_idle), address[0], address[1]
+        settings = self.settings
+
+        def protocol() -> UpstreamConnection:
+            return UpstreamConnection(
+                address,
+                self.forget_idle,
+                max_head_bytes=settings.upstream_max_header_bytes,
+                max_head_lines=settings.upstream_max_header_count,
             )
+
+        async with asyncio.timeout(settings.upstream_connect_timeout_s):
+            _, upstream = await self.loop.create_connection(protocol, address[0], address[1])
         self.upstream_connects += 1
         self.metrics.connect_duration.observe(self.loop.time() - started)
         return upstream
@@ -231,6 +240,7 @@ class Exchange:
         "finished",
         "task",
         "upstream_deadline",
+        "upstream_write_paused_at",
         "head_done",
         "tunnel",
         "continue_sent",
@@ -275,6 +285,7 @@ class Exchange:
         self.finished = False
         self.task: asyncio.Task[None] | None = None
         self.upstream_deadline = 0.0
+        self.upstream_write_paused_at = 0.0  # when the backend stopped taking the request body; 0: it takes it
         self.tunnel = False
         self.continue_sent = False
         self.started_at = 0.0
@@ -307,9 +318,14 @@ class Exchange:
         self.request_id = info.request_id or self.state.next_request_id()
         self.body_expected = info.chunked or bool(info.content_length)
         self.body_complete = not self.body_expected
+        if b"#" in self.target:  # a fragment is the client's own business (RFC 9112 3.2): never forwarded
+            self.target = self.target.partition(b"#")[0]
         limit = self.state.settings.max_body_bytes
         if self.method == b"CONNECT":
             self._refuse("method_not_allowed")
+        elif info.upgrade is not None and self.body_expected:
+            # Where would the body end and the tunnel begin? Handshakes (WebSocket, h2c) carry no body.
+            self._refuse("bad_request")
         elif limit and info.content_length is not None and info.content_length > limit:
             self._refuse("body_too_large")
 
@@ -652,18 +668,23 @@ class Exchange:
 
     def on_upstream_write_paused(self, paused: bool) -> None:
         if paused:
+            self.upstream_write_paused_at = self.state.loop.time()
             self.conn.pause(PAUSE_UPSTREAM_FULL)
         else:
+            self.upstream_write_paused_at = 0.0
             self.conn.resume(PAUSE_UPSTREAM_FULL)
 
-    def on_upstream_failure(self, kind: str) -> None:
+    def on_upstream_failure(self, kind: UpstreamFailure) -> None:
         upstream, self.upstream = self.upstream, None
+        self.upstream_write_paused_at = 0.0
+        if upstream is not None:
+            upstream.close()  # it closed itself already; this keeps the rule local: a failed connection is closed
         if self.finished:
             return
         if self.tunnel and self.response_started:
             self.conn.close()
             return
-        if kind == "lost" and self.response_started and self.response_until_close:
+        if kind is UpstreamFailure.LOST and self.response_started and self.response_until_close:
             self.response_until_close = False  # the backend's close ends a body framed by close: complete
             self.on_response_complete()
             return
@@ -675,15 +696,19 @@ class Exchange:
             self._upstream_error("truncated")
             self.conn.abort()  # a clean truncation: the client sees the connection close, never a wrong body
             return
-        if kind == "lost" and upstream is not None and self._may_retry(upstream):
+        if kind is UpstreamFailure.LOST and upstream is not None and self._may_retry(upstream):
             self.retried = True
             self.conn.resume(PAUSE_UPSTREAM_FULL)
             entry = self.state.discovery.cache.fresh(self.deployment, self.state.loop.time())
             if entry is not None and entry.addresses:
                 self.task = self.state.loop.create_task(self._retry(entry))
                 return
-        self._upstream_error("bad_response" if kind == "bad_response" else "reset_before_response")
-        self._upstream_failed("upstream_bad_response" if kind == "bad_response" else "upstream_unavailable")
+        if kind is UpstreamFailure.BAD_RESPONSE:
+            self._upstream_error("bad_response")
+            self._upstream_failed("upstream_bad_response")
+        else:
+            self._upstream_error("reset_before_response")
+            self._upstream_failed("upstream_unavailable")
 
     def _may_retry(self, upstream: UpstreamConnection) -> bool:
         return (
@@ -714,11 +739,17 @@ class Exchange:
         self._upstream_error("read_timeout" if self.response_started else "header_timeout")
         self._upstream_failed("upstream_timeout")
 
+    def upstream_send_timed_out(self) -> None:
+        """The backend took no byte of the request body for --upstream-send-timeout."""
+        self._upstream_error("send_timeout")
+        self._upstream_failed("upstream_timeout")
+
     def _drop_upstream(self) -> None:
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.close()
         self.upstream_deadline = 0.0
+        self.upstream_write_paused_at = 0.0
 
     # --- local answers ---------------------------------------------------------------------------------------
 
@@ -771,6 +802,8 @@ class ClientConnection(asyncio.Protocol):
         self._early_tunnel: list[bytes] = []
         self._corked: list[bytes] | None = None
         self._eof_sent = False
+        self._write_paused_at = 0.0  # when the client stopped taking what the router writes
+        self._closing_at = 0.0
 
     # --- asyncio.Protocol ----------------------------------------------------------------------------------
 
@@ -780,6 +813,21 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = str(peer[0]).encode() if peer else b"unknown"
         self.state.connections.add(self)
         self._set_deadline("header", self.state.settings.client_header_timeout_s)
+
+    def eof_received(self) -> bool | None:
+        """The client half-closed: it sends nothing more but may still read. Answer what it asked (a request
+        cut short gets 400), then close; keeping the write side open is what returning True asks for."""
+        if self._tunnel is not None or self._closing:
+            return None
+        self._raw_body = False
+        if self._parsing is not None:
+            self._on_parse_error("bad_request")
+        else:
+            self._parser = None  # nothing more will come: finish() closes after the last answer
+            self._lingering = True
+        if self._active is None and not self._queue:
+            return None
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -851,19 +899,27 @@ class ClientConnection(asyncio.Protocol):
             self.data_received(rest)
 
     def pause_writing(self) -> None:
+        """The client takes no more for now: read no more from its backend, nor from it (whoever answers,
+        the router or a backend, an unread answer must not grow in memory)."""
         self.write_paused = True
+        self._write_paused_at = self.state.loop.time()
         target = self._tunnel or (self._active.upstream if self._active is not None else None)
         if target is not None:
             target.pause_reading()
+        self.pause(PAUSE_CLIENT_FULL)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._write_paused_at = 0.0
         active = self._active
         target = self._tunnel or (active.upstream if active is not None else None)
         if target is not None:
             target.resume_reading()
         if active is not None and active.upstream_deadline:
             active.upstream_deadline = self.state.loop.time() + self.state.settings.upstream_read_timeout_s
+        self.resume(PAUSE_CLIENT_FULL)
+        if self._queue and active is None:
+            self.state.loop.call_soon(self._start_next)
 
     # --- httptools callbacks -------------------------------------------------------------------------------
 
@@ -941,8 +997,8 @@ class ClientConnection(asyncio.Protocol):
             self.pause(PAUSE_PIPELINE)
 
     def _start_next(self) -> None:
-        if self._closing or self._active is not None or not self._queue:
-            return
+        if self._closing or self._active is not None or not self._queue or self.write_paused:
+            return  # with writes paused, resume_writing starts the next one
         exchange = self._queue.popleft()
         if not self._queue:
             self.resume(PAUSE_PIPELINE)
@@ -1093,7 +1149,19 @@ class ClientConnection(asyncio.Protocol):
         self._deadline = self.state.loop.time() + timeout_s
 
     def check_deadlines(self, now: float) -> None:
+        settings = self.state.settings
+        if (self._write_paused_at and now - self._write_paused_at >= settings.client_send_timeout_s) or (
+            self._closing_at and now - self._closing_at >= settings.client_send_timeout_s
+        ):
+            self.abort()  # the client reads nothing: what it holds (a backend, an in-flight slot) goes free
+            return
         active = self._active
+        if (
+            active is not None
+            and active.upstream_write_paused_at
+            and now - active.upstream_write_paused_at >= settings.upstream_send_timeout_s
+        ):
+            active.upstream_send_timed_out()
         if (
             active is not None
             and active.upstream_deadline
@@ -1146,6 +1214,7 @@ class ClientConnection(asyncio.Protocol):
         self.uncork()  # what was written before the close still goes out; close() flushes, then closes
         if self.transport is not None and not self._closing:
             self._closing = True
+            self._closing_at = self.state.loop.time()  # a flush the client never takes is cut (check_deadlines)
             self.transport.close()
 
     def abort(self) -> None:

@@ -3,20 +3,35 @@
 The connection parses responses with httptools (llhttp) and hands every event to the exchange it is lent to
 (a `ResponseSink`); it knows nothing of clients. Once a head with a `Content-Length` is parsed, the rest of
 that body is relayed as the bytes arrive, past the parser (which would copy every chunk into a new bytes
-object and call back for it): the length is all there is to know. Between exchanges it sits idle in the pool:
-any byte or close from the backend while idle makes it unusable, so the pool never lends out a dead socket
-knowingly.
+object and call back for it): the length is all there is to know.
+
+A backend is a tenant and as untrusted as a client, so this side holds the same rules as the request side:
+- A response head is bounded in bytes and lines (1xx heads count toward it); so are the bytes between body
+  pieces (chunk extensions, trailers). Over either, the response is a bad one.
+- Trailers are read and dropped: the router already sent the head they would belong to.
+- A connection is reusable only between messages: a byte after a complete response (in the same read, or
+  while the connection sits idle in the pool) closes it, so nothing a backend sends ahead can become the
+  answer to another client's request.
+- Every failure closes the socket here, before the exchange hears of it: no error path leaves one open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Callable
 from typing import Protocol, cast
 
 import httptools
 
 from router.proxy.pool import Address
+
+
+class UpstreamFailure(enum.Enum):
+    """Why a borrowed backend connection ended before its response did."""
+
+    LOST = "lost"  # closed or reset by the backend
+    BAD_RESPONSE = "bad_response"  # not HTTP, or over a limit
 
 
 class ResponseSink(Protocol):
@@ -28,10 +43,22 @@ class ResponseSink(Protocol):
     def on_response_body(self, data: bytes) -> None: ...
     def on_response_complete(self) -> None: ...
     def on_tunnel_data(self, data: bytes) -> None: ...
-    def on_upstream_failure(self, kind: str) -> None: ...
+    def on_upstream_failure(self, kind: UpstreamFailure) -> None: ...
     def on_upstream_write_paused(self, paused: bool) -> None: ...
     def begin_read(self) -> None: ...
     def end_read(self) -> None: ...
+
+
+class _PastTheEnd(Exception):
+    """Raised from a parser callback to stop llhttp at a byte after the complete response."""
+
+
+class _OverLimit(Exception):
+    """Raised from a parser callback when the response head (or a trailer section) grows over its limit."""
+
+
+def _head_size(headers: list[tuple[bytes, bytes]]) -> int:
+    return sum(len(name) + len(value) + 4 for name, value in headers)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -47,36 +74,57 @@ class UpstreamConnection(asyncio.Protocol):
         "_headers",
         "_status",
         "_skip_body",
-        "_replace_parser",
         "_tunnel",
         "_received_any",
         "_body_left",
         "_raw_body",
         "_keep_alive",
-        "_relayed",
         "_on_idle_lost",
         "_closed",
+        "_max_head_bytes",
+        "_max_head_lines",
+        "_head_done",
+        "_trailer_bytes",
+        "_fed_while_head",
+        "_body_seen",
+        "_unframed",
+        "_complete",
+        "_past_end",
     )
 
-    def __init__(self, address: Address, on_idle_lost: Callable[[UpstreamConnection], None]) -> None:
+    def __init__(
+        self,
+        address: Address,
+        on_idle_lost: Callable[[UpstreamConnection], None],
+        *,
+        max_head_bytes: int = 64 * 1024,
+        max_head_lines: int = 200,
+    ) -> None:
         self.address = address
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
         self.requests_served = 0
         self._on_idle_lost = on_idle_lost
+        self._max_head_bytes = max_head_bytes
+        self._max_head_lines = max_head_lines
         self._parser = httptools.HttpResponseParser(self)
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._status = 0
         self._skip_body = False
-        self._replace_parser = False
         self._tunnel = False
         self._received_any = False
         self._body_left = 0  # bytes of a Content-Length body still to come
         self._raw_body = False  # relaying those bytes past the parser
         self._keep_alive = True
-        self._relayed = False
         self._closed = False
+        self._complete = False  # the response is complete: anything the parser meets now is past its end
+        self._past_end = False  # something came after the end: the connection is never reused
+        self._head_done = False  # the final (non-1xx) head of the current response was parsed
+        self._fed_while_head = 0  # bytes fed to the parser before that head was complete (1xx heads too)
+        self._trailer_bytes = 0  # trailer lines read (and dropped) after it
+        self._body_seen = 0  # body bytes the parser delivered: progress, for the unframed-bytes bound
+        self._unframed = 0  # bytes fed since the last body byte (chunk framing, extensions, trailers)
 
     # --- lending -------------------------------------------------------------------------------------------
 
@@ -87,7 +135,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = sink
         self._skip_body = head_request
         self._received_any = False
-        self._relayed = False
+        self._head_done = False
+        self._fed_while_head = self._trailer_bytes = self._body_seen = self._unframed = 0
 
     @property
     def received_any(self) -> bool:
@@ -117,9 +166,10 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         """Close now (abort): used for expiry, errors and unfinished responses, never to end a good one."""
         self.sink = None
-        self._closed = True
-        if self.transport is not None:
-            self.transport.abort()
+        if not self._closed:
+            self._closed = True
+            if self.transport is not None:
+                self.transport.abort()
 
     # --- asyncio.Protocol ----------------------------------------------------------------------------------
 
@@ -139,6 +189,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self._tunnel:
             sink.on_tunnel_data(data)
             return
+        head_was_done, body_before = self._head_done, self._body_seen
+        if not head_was_done:
+            self._fed_while_head += len(data)
         sink.begin_read()
         try:
             self._parser.feed_data(data)
@@ -148,17 +201,49 @@ class UpstreamConnection(asyncio.Protocol):
             if rest and self.sink is not None:
                 self.sink.on_tunnel_data(rest)
         except httptools.HttpParserError:
-            self.sink = None
-            self._closed = True
-            sink.on_upstream_failure("bad_response")
+            if self.sink is sink:  # else the exchange gave the connection up (and closed it) meanwhile
+                if self._complete:
+                    self._past_end = True  # the parser stopped at a byte past the end of a complete response
+                    self._end_response()
+                else:
+                    self._fail(sink, UpstreamFailure.BAD_RESPONSE)
+        else:
+            if self._complete:
+                self._end_response()
+            elif self.sink is sink:
+                self._check_progress(data, head_was_done, body_before)
         finally:
             sink.end_read()
-        if self._replace_parser:
-            # A response to HEAD announces a body it does not send; llhttp cannot be told, so start afresh.
-            self._replace_parser = False
+
+    def _check_progress(self, data: bytes, head_was_done: bool, body_before: int) -> None:
+        """After a read that did not end the response: bound what is not body, or start relaying past llhttp."""
+        sink = self.sink
+        assert sink is not None
+        if not self._head_done:
+            if self._fed_while_head > self._max_head_bytes:  # one endless line never reaches on_header
+                self._fail(sink, UpstreamFailure.BAD_RESPONSE)
+        elif head_was_done and self._body_seen == body_before:
+            self._unframed += len(data)
+            if self._unframed > self._max_head_bytes:  # endless chunk extensions or trailers
+                self._fail(sink, UpstreamFailure.BAD_RESPONSE)
+        else:
+            self._unframed = 0
+            if self._body_left > 0:
+                self._raw_body = True  # the head is parsed and part of the body still to come: skip the parser
+
+    def _fail(self, sink: ResponseSink, kind: UpstreamFailure) -> None:
+        self.close()
+        sink.on_upstream_failure(kind)
+
+    def _end_response(self) -> None:
+        """The response is complete: hand the connection back (never to the pool if anything came after it)."""
+        if self._skip_body:  # a response to HEAD announces a body it does not send; llhttp cannot be told
             self._parser = httptools.HttpResponseParser(self)
-        elif self._body_left > 0 and self.sink is not None:
-            self._raw_body = True  # the head is parsed and part of the body still to come: skip the parser
+        self._complete = False
+        sink, self.sink = self.sink, None
+        self.requests_served += 1
+        if sink is not None:
+            sink.on_response_complete()
 
     def _relay_body(self, sink: ResponseSink, data: bytes) -> None:
         left = self._body_left
@@ -166,24 +251,21 @@ class UpstreamConnection(asyncio.Protocol):
             self._body_left = left - len(data)
             sink.on_response_body(data)
             return
-        rest = data[left:] if len(data) > left else b""
+        past_end = len(data) > left
         self._body_left = 0
         self._raw_body = False
-        self._relayed = True
         self._parser = httptools.HttpResponseParser(self)  # the old one still waits for the body it never saw
-        sink.on_response_body(data[:left] if rest else data)
-        if self.sink is None:  # the exchange gave up the connection meanwhile
+        sink.on_response_body(data[:left] if past_end else data)
+        if self.sink is not sink:  # the exchange gave up the connection meanwhile
             return
-        self._finish()
-        if rest:  # bytes past the end of the response: the backend broke the protocol; never reuse it
-            self.close()
-            self._on_idle_lost(self)
+        self._past_end = past_end
+        self._end_response()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         sink, self.sink = self.sink, None
         if sink is not None:
-            sink.on_upstream_failure("lost")
+            sink.on_upstream_failure(UpstreamFailure.LOST)
         else:
             self._on_idle_lost(self)
 
@@ -197,49 +279,68 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- httptools callbacks -------------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        # The one callback llhttp makes at the first byte of a next message, even when that read ends before
+        # its status line: the only way to know the parser left "between messages".
+        if self._complete:
+            self._past_end = True
+            raise _PastTheEnd
+
     def on_status(self, reason: bytes) -> None:
         self._reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if not self._head_done:
+            self._headers.append((name, value))
+            return
+        # A trailer: read and dropped (its head went out already), and bounded like the head.
+        self._trailer_bytes += len(name) + len(value) + 4
+        if self._trailer_bytes > self._max_head_bytes:
+            raise _OverLimit
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         self._status = status
         headers, self._headers = self._headers, []
-        if self.sink is None:
+        if len(headers) > self._max_head_lines or (
+            # What was fed bounds the head from above: its exact size is needed only past the limit.
+            self._fed_while_head > self._max_head_bytes and _head_size(headers) > self._max_head_bytes
+        ):
+            raise _OverLimit
+        sink = self.sink
+        if sink is None:
             return
-        length = self.sink.on_response_head(status, self._reason, headers)
+        if status >= 200:
+            self._head_done = True
+            self._keep_alive = self._parser.should_keep_alive()
+        length = sink.on_response_head(status, self._reason, headers)
         if length:
             self._body_left = length
-            self._keep_alive = self._parser.should_keep_alive()
-        if self._skip_body and status >= 200 and self.sink is not None:
-            self._replace_parser = True
-            self._finish()
+        if self._skip_body and status >= 200:
+            self._complete = True
 
     def on_body(self, body: bytes) -> None:
-        if self.sink is not None and not self._replace_parser:
+        if self._complete:  # a body after a response to HEAD, or after the end
+            self._past_end = True
+            raise _PastTheEnd
+        if self.sink is not None:
             self._body_left -= len(body)
+            self._body_seen += len(body)
             self.sink.on_response_body(body)
+
+    def on_chunk_header(self) -> None:
+        if self._complete:  # chunks after a response to HEAD
+            self._past_end = True
+            raise _PastTheEnd
 
     def on_message_complete(self) -> None:
         self._body_left = 0
-        if self._status < 200 or self._replace_parser:  # an informational head, or HEAD already finished
-            return
-        self._finish()
-
-    def _finish(self) -> None:
-        sink, self.sink = self.sink, None
-        self.requests_served += 1
-        if sink is not None:
-            sink.on_response_complete()
+        if self._status >= 200:  # not an informational head; after HEAD, llhttp's own end of it
+            self._complete = True
 
     def response_keeps_alive(self) -> bool:
-        """Whether the backend allows another request on this connection after the response just read."""
-        if self._closed or self._tunnel:
-            return False
-        # After a body relayed past the parser, the parser is a fresh one: what the head said counts.
-        return self._keep_alive if self._relayed else self._parser.should_keep_alive()
+        """Whether another request may follow on this connection after the response just read."""
+        return not self._closed and not self._tunnel and not self._past_end and self._keep_alive
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("lent" if self.sink is not None else "idle")
