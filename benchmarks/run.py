@@ -2,7 +2,8 @@
 
 Starts, each as its own process: the DNS fixture (200 deployments), the backend (a second nginx answering
 `200 ok`, serving 1 MiB and 100 MiB files and taking uploads), the Nginx router
-(`../shared/reference/nginx-router.conf`, adapted only in ports and resolver address) and the WhaleRay router;
+(`benchmarks/reference/nginx-router.conf`, a copy of the platform's reference, adapted only in ports and
+resolver address) and the WhaleRay router;
 then drives each proxy with wrk through every scenario of SCENARIOS and a paced soak, and prints requests per
 second, p50, p99, the proxy's CPU microseconds per request (utime + stime of the proxy's processes from /proc,
 divided by the requests wrk completed) and, where they apply, MiB/s, CPU per MiB, peak RSS and RSS per
@@ -36,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RUN_DIR = HERE / ".run"
 RESULTS_DIR = HERE / "results"
-REFERENCE_CONF = ROOT.parent / "shared" / "reference" / "nginx-router.conf"
+REFERENCE_CONF = HERE / "reference" / "nginx-router.conf"  # a copy of shared/reference/, origin noted inside
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 

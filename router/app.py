@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from router import __version__
 from router.admin import AdminServer
+from router.build import BUILD
 from router.discovery.resolver import DnsResolver
 from router.discovery.service import Discovery
 from router.logs import AccessLog, setup_logging
@@ -237,7 +238,7 @@ async def run(settings: Settings, worker: WorkerIdentity | None = None) -> int:
 def serve(settings: Settings, worker: WorkerIdentity | None = None) -> int:
     setup_logging(settings.log_level, settings.log_format)
     if worker is None:
-        log.info("starting", extra={"settings": settings.summary(), "version": __version__})
+        log.info("starting", extra={"settings": settings.summary(), "version": __version__, "build": BUILD})
     else:
         log.info("worker starting", extra={"worker": worker.index, "of": worker.count})
     return uvloop.run(run(settings, worker))

@@ -1,4 +1,5 @@
-"""The `whaleray-router` command: `serve` (the default) runs the router, `demo` runs the loopback demo.
+"""The `whaleray-router` command: `serve` (the default) runs the router, `demo` runs the loopback demo,
+`--version` prints the version and which build (compiled or pure Python) is installed.
 
 With `--workers` other than 1, `serve` runs the supervisor, which starts the workers with the same command
 line. Exit codes: 0 after a clean drain, 2 for bad settings, 1 when a second signal cuts the drain short.
@@ -23,6 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo_main(args[1:])
     if args and args[0] == "serve":
         args = args[1:]
+    if "--version" in args:
+        from router.build import version_line
+
+        print(version_line())
+        return 0
     try:
         settings = load_settings(args)
     except SettingsError as error:

@@ -540,6 +540,8 @@ def build_parser(prog: str = "whaleray-router") -> argparse.ArgumentParser:
         description="WhaleRay Router: proxies /services/<deploymentId>/<path> to <deploymentId>.<namespace>.",
         epilog="Every flag can also be set by the environment variable shown; a flag wins over its variable.",
     )
+    # Handled by router.cli before parsing (it exits at once); listed here so that --help shows it.
+    parser.add_argument("--version", action="store_true", help="Print the version and the build (compiled or pure).")
     for option in OPTIONS:
         parser.add_argument(
             option.flag,

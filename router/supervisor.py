@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from router import __version__
 from router.admin import AdminServer
+from router.build import BUILD
 from router.cpus import available_cpus
 from router.logs import setup_logging
 from router.metrics import WorkerMetrics
@@ -187,5 +188,7 @@ class Supervisor:
 def supervise(settings: Settings, argv: Sequence[str]) -> int:
     setup_logging(settings.log_level, settings.log_format)
     count = worker_count(settings)
-    log.info("starting", extra={"settings": settings.summary(), "version": __version__, "workers": count})
+    log.info(
+        "starting", extra={"settings": settings.summary(), "version": __version__, "build": BUILD, "workers": count}
+    )
     return uvloop.run(Supervisor(settings, argv, count).run())

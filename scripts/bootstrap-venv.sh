@@ -23,4 +23,6 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+# The development install is pure Python, so that edits take effect at once; `make compiled` builds the
+# compiled data plane in place when wanted (`make test` does, and removes it again).
+WHALERAY_PURE_PYTHON=1 .venv/bin/python -m pip install --quiet -e '.[dev]'

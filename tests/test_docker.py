@@ -163,6 +163,19 @@ def test_dockerfile_rules() -> None:
     assert "EXPOSE 8080 9901" in INSTRUCTIONS
     assert any(line.startswith("HEALTHCHECK ") and "urllib" in line for line in INSTRUCTIONS)
     assert any("compileall" in line for line in INSTRUCTIONS)
+
+
+def test_image_compiles_the_data_plane_in_the_builder_only() -> None:
+    """The compiler is installed in the builder stage, which builds the wheel; the runtime stage installs it
+    and refuses to finish unless the router it installed is the compiled build."""
+    runtime_start = next(i for i, line in enumerate(INSTRUCTIONS) if line.startswith("FROM ") and " AS runtime" in line)
+    builder, runtime = INSTRUCTIONS[:runtime_start], INSTRUCTIONS[runtime_start:]
+    assert any("apt-get install" in line and " gcc " in line for line in builder)
+    assert not any("gcc" in line for line in runtime)
+    assert "COPY pyproject.toml setup.py README.md ./" in builder
+    assert any(line.startswith("RUN pip wheel") for line in builder)
+    install = next(line for line in runtime if line.startswith("RUN pip install"))
+    assert "BUILD != 'compiled'" in install
     labels = " ".join(line for line in INSTRUCTIONS if line.startswith("LABEL "))
     for label in ("source", "version", "licenses"):
         assert f"org.opencontainers.image.{label}=" in labels
@@ -171,7 +184,7 @@ def test_dockerfile_rules() -> None:
 def test_dockerignore_keeps_the_context_to_what_the_image_needs() -> None:
     ignore = (DOCKER / ".dockerignore").read_text().split()
     assert ignore[ignore.index("*")] == "*"  # everything out, then only what the build copies
-    assert {"!pyproject.toml", "!README.md", "!router/"} <= set(ignore)
+    assert {"!pyproject.toml", "!setup.py", "!README.md", "!router/", "router/**/*.so"} <= set(ignore)
     assert (DOCKER / "Dockerfile.dockerignore").resolve() == (DOCKER / ".dockerignore").resolve()
 
 

@@ -10,8 +10,11 @@ import sys
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+import pytest
 from aiohttp import web
 
+from router import __version__
+from router.build import BUILD
 from router.demo.dns import DemoDnsServer
 from router.settings import OPTIONS
 from tests.conftest import BackendFactory, RouterProcess, read_response, slow_app
@@ -35,6 +38,24 @@ def test_help_documents_every_option_with_its_variable_and_default() -> None:
         assert option.env in text
         if isinstance(option.default, str):
             assert f"default {option.default}" in text
+
+
+def test_version_names_the_build_that_runs() -> None:
+    """`make test` runs the suite once per build and says which in ROUTER_TEST_BUILD: the process must agree."""
+    expected = os.environ.get("ROUTER_TEST_BUILD")
+    if expected is None:
+        pytest.skip("run through `make pytest`, which names the build under test")
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"whaleray-router {__version__} ({expected} build, Python ")
+
+
+async def test_start_up_log_names_the_build(router_process: StartRouter) -> None:
+    process = await router_process("--drain-delay", "0")
+    process.process.send_signal(signal.SIGTERM)
+    starting = [line for line in await process.json_lines() if line.get("message") == "starting"]
+    assert [line["build"] for line in starting] == [BUILD]
+    assert BUILD in {"compiled", "pure"}
 
 
 def test_bad_value_exits_2_naming_the_setting() -> None:

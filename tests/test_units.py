@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.hotpath import HotPath
-from benchmarks.run import Result, medians, tables
+from benchmarks.run import REFERENCE_CONF, Result, adapt_reference, medians, tables
 from router.discovery.balancer import Balancer
 from router.discovery.budget import QueryBudget
 from router.discovery.cache import DnsCache, EntryKind
@@ -426,3 +427,16 @@ def test_repeated_benchmark_rounds_report_the_median_round_whole_and_every_ratio
     lines = tables(rounds)
     assert "- 200 deployments: router CPU per request = 0.67x Nginx's; p99 3.00 ms vs 4.50 ms; errors 0 vs 0" in lines
     assert "- 200 deployments, router/Nginx CPU round by round: 0.75x, 0.40x, 0.80x" in lines
+
+
+# --- the benchmark's reference configuration ------------------------------------------------------------------
+
+
+def test_the_reference_nginx_configuration_is_in_the_repository_and_adapts() -> None:
+    """`make bench` runs from a clone alone: the copy is here, says where it comes from, and keeps its shape."""
+    assert REFERENCE_CONF.is_relative_to(Path(__file__).resolve().parent.parent)
+    assert "shared/reference/nginx-router.conf" in REFERENCE_CONF.read_text().splitlines()[0]
+    adapted = adapt_reference(18080, 18053, 13000)
+    assert "listen 127.0.0.1:18080;" in adapted
+    assert "resolver 127.0.0.1:18053 " in adapted
+    assert ".whaleray.local:13000/" in adapted
