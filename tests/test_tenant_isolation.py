@@ -147,39 +147,32 @@ async def test_bytes_after_a_complete_response_never_reach_another_client(
 # --- 3. response head limits ----------------------------------------------------------------------------
 
 
-async def endless_header_line(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await read_request(reader)
-    writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
-    while True:
-        writer.write(b"a" * 65536)
-        await writer.drain()
+def endless(start: bytes, repeated: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A backend answering `start`, then `repeated` for ever: it ends only when the router closes the connection."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(start)
+        while True:
+            writer.write(repeated)
+            await writer.drain()
+
+    script.__name__ = script.__qualname__ = f"endless {repeated[:12]!r}"
+    return script
 
 
-async def endless_header_lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await read_request(reader)
-    writer.write(b"HTTP/1.1 200 OK\r\n")
-    while True:
-        writer.write(b"X-A: b\r\n" * 8192)
-        await writer.drain()
-
-
-async def endless_informational_heads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await read_request(reader)
-    while True:
-        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" * 256)
-        await writer.drain()
-
-
-async def endless_trailers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await read_request(reader)
-    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Trailer: ")
-    while True:
-        writer.write(b"a" * 65536)
-        await writer.drain()
+endless_header_line = endless(b"HTTP/1.1 200 OK\r\nX-Endless: ", b"a" * 65536)
+endless_header_lines = endless(b"HTTP/1.1 200 OK\r\n", b"X-A: b\r\n" * 8192)
+endless_informational_heads = endless(b"", b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" * 256)
+endless_trailers = endless(
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Trailer: ", b"a" * 65536
+)
 
 
 @pytest.mark.parametrize(
-    "script", [endless_header_line, endless_header_lines, endless_informational_heads], ids=lambda s: s.__name__
+    "script",
+    [endless_header_line, endless_header_lines, endless_informational_heads],
+    ids=["one_long_line", "many_lines", "informational_heads"],
 )
 async def test_response_head_over_the_limit_is_502_and_closes_the_backend(
     router: Router, dns: DemoDnsServer, scripted_backend: ScriptedFactory, script: Callable[..., Awaitable[None]]
