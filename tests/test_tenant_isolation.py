@@ -30,6 +30,7 @@ from tests.conftest import (
 )
 
 GET = b"GET /services/tenant/%s HTTP/1.1\r\nHost: h\r\n\r\n"
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 async def read_request(reader: asyncio.StreamReader) -> bytes:
@@ -147,7 +148,7 @@ async def test_bytes_after_a_complete_response_never_reach_another_client(
 # --- 3. response head limits ----------------------------------------------------------------------------
 
 
-def endless(start: bytes, repeated: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+def endless(start: bytes, repeated: bytes) -> Script:
     """A backend answering `start`, then `repeated` for ever: it ends only when the router closes the connection."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -159,6 +160,19 @@ def endless(start: bytes, repeated: bytes) -> Callable[[asyncio.StreamReader, as
 
     script.__name__ = script.__qualname__ = f"endless {repeated[:12]!r}"
     return script
+
+
+def watched(script: Script) -> tuple[Script, asyncio.Event]:
+    """`script`, and an event set when it ends: an endless script ends only when the router closes on it."""
+    ended = asyncio.Event()
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await script(reader, writer)
+        finally:
+            ended.set()
+
+    return run, ended
 
 
 endless_header_line = endless(b"HTTP/1.1 200 OK\r\nX-Endless: ", b"a" * 65536)
@@ -175,18 +189,11 @@ endless_trailers = endless(
     ids=["one_long_line", "many_lines", "informational_heads"],
 )
 async def test_response_head_over_the_limit_is_502_and_closes_the_backend(
-    router: Router, dns: DemoDnsServer, scripted_backend: ScriptedFactory, script: Callable[..., Awaitable[None]]
+    router: Router, dns: DemoDnsServer, scripted_backend: ScriptedFactory, script: Script
 ) -> None:
     dns.set_a("tenant", ["127.0.0.2"])
-    closed = asyncio.Event()
-
-    async def watched(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await script(reader, writer)
-        finally:
-            closed.set()  # the script only ends when the router closes the connection
-
-    await scripted_backend("127.0.0.2", watched)
+    script, closed = watched(script)
+    await scripted_backend("127.0.0.2", script)
     status, _, body = await ask(router.port, b"x")
     assert (status, json.loads(body)["code"]) == (502, "upstream_bad_response")
     await asyncio.wait_for(closed.wait(), 5)
@@ -197,15 +204,8 @@ async def test_endless_trailers_cut_the_response_and_close_the_backend(
 ) -> None:
     """The head went out before the trailers came: the client sees a truncated response, never a whole one."""
     dns.set_a("tenant", ["127.0.0.2"])
-    closed = asyncio.Event()
-
-    async def watched(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await endless_trailers(reader, writer)
-        finally:
-            closed.set()
-
-    await scripted_backend("127.0.0.2", watched)
+    script, closed = watched(endless_trailers)
+    await scripted_backend("127.0.0.2", script)
     response = await raw_request(router.port, GET % b"x", wait_s=5)
     assert status_of(response) == 200
     assert not response.endswith(b"0\r\n\r\n")  # no final chunk: the client can tell it was cut

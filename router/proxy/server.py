@@ -675,10 +675,8 @@ class Exchange:
             self.conn.resume(PAUSE_UPSTREAM_FULL)
 
     def on_upstream_failure(self, kind: UpstreamFailure) -> None:
-        upstream, self.upstream = self.upstream, None
+        upstream, self.upstream = self.upstream, None  # closed already: a failing connection closes itself
         self.upstream_write_paused_at = 0.0
-        if upstream is not None:
-            upstream.close()  # it closed itself already; this keeps the rule local: a failed connection is closed
         if self.finished:
             return
         if self.tunnel and self.response_started:

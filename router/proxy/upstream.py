@@ -211,14 +211,12 @@ class UpstreamConnection(asyncio.Protocol):
             if self._complete:
                 self._end_response()
             elif self.sink is sink:
-                self._check_progress(data, head_was_done, body_before)
+                self._check_progress(sink, data, head_was_done, body_before)
         finally:
             sink.end_read()
 
-    def _check_progress(self, data: bytes, head_was_done: bool, body_before: int) -> None:
+    def _check_progress(self, sink: ResponseSink, data: bytes, head_was_done: bool, body_before: int) -> None:
         """After a read that did not end the response: bound what is not body, or start relaying past llhttp."""
-        sink = self.sink
-        assert sink is not None
         if not self._head_done:
             if self._fed_while_head > self._max_head_bytes:  # one endless line never reaches on_header
                 self._fail(sink, UpstreamFailure.BAD_RESPONSE)
