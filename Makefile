@@ -63,11 +63,12 @@ pure:
 	rm -f ./*__mypyc*.so
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	WHALERAY_PURE_PYTHON=1 $(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-## make bench: the router side by side with Nginx on loopback, then the plot (installs nginx and wrk with
-## apt-get). About 25 minutes, 20 of them the two 10-minute soaks: BENCH_ARGS="--soak-minutes 0" skips them.
+## make bench: the router (compiled and pure) beside Nginx, HAProxy and the bare relay on loopback, then the plot
+## (installs nginx, haproxy and wrk with apt-get). About an hour, 50 minutes of it the five 10-minute soaks:
+## BENCH_ARGS="--soak-minutes 0" skips them.
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.plot

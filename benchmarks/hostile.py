@@ -21,7 +21,8 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 
-from benchmarks.run import free_port, process_tree_fds, wait_for_port
+from benchmarks.proctree import process_tree_fds
+from benchmarks.run import free_port, wait_for_port
 from router.demo.dns import DemoDnsServer
 
 BACKEND_HOST = "127.0.0.9"

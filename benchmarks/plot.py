@@ -1,5 +1,5 @@
 """Draw a results file of `benchmarks.run` as one PNG: CPU per request and per MiB, p99, and the soak over time,
-Nginx beside the router.
+every proxy side by side (the median round, with a line over the range of --repeat's rounds).
 
     python -m benchmarks.plot [RESULTS.json] [-o benchmarks/capacity.png]
 
@@ -20,10 +20,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a server
 import matplotlib.pyplot as plt
 
-from benchmarks.run import HERE, RESULTS_DIR, SCENARIOS, Result, medians
+from benchmarks.results import SCENARIOS, Result, medians
+from benchmarks.run import HERE, RESULTS_DIR
 
-COLOURS = {"nginx": "#009639", "router": "#1f5fbf"}
+COLOURS = {"nginx": "#009639", "haproxy": "#b5651d", "relay": "#8c8c8c", "router": "#1f5fbf", "router-pure": "#7fa7e6"}
 Row = dict[str, Any]
+Spread = dict[tuple[str, str, str], tuple[float, float]]
 
 
 def newest_results() -> Path:
@@ -33,10 +35,13 @@ def newest_results() -> Path:
     return files[-1]
 
 
-def grouped_bars(axis: Any, rows: list[Row], names: list[str], value: str, label: str) -> None:
-    """Bars per scenario, one per proxy; a proxy that failed every request gets a note instead of a bar."""
-    width = 0.38
-    for offset, proxy in ((-width / 2, "nginx"), (width / 2, "router")):
+def grouped_bars(axis: Any, rows: list[Row], names: list[str], value: str, *, label: str, spread: Spread) -> None:
+    """Bars per scenario, one per proxy, each the median round with a line from the lowest to the highest round;
+    a proxy that failed every request gets a note instead of a bar."""
+    proxies = [proxy for proxy in COLOURS if any(r["proxy"] == proxy for r in rows)]
+    width = 0.8 / max(len(proxies), 1)
+    for position, proxy in enumerate(proxies):
+        offset = (position - (len(proxies) - 1) / 2) * width
         by_name = {r["scenario"]: r for r in rows if r["proxy"] == proxy}
         for index, name in enumerate(names):
             row = by_name.get(name)
@@ -44,17 +49,29 @@ def grouped_bars(axis: Any, rows: list[Row], names: list[str], value: str, label
                 continue
             x = index + offset
             if row["errors"] >= row["requests"] or not row[value]:
-                axis.text(x, 0, "failed\nevery\nrequest", ha="center", va="bottom", fontsize=7, color=COLOURS[proxy])
+                axis.text(x, 0, "failed", ha="center", va="bottom", fontsize=6, rotation=90, color=COLOURS[proxy])
                 continue
-            axis.bar(x, row[value], width, color=COLOURS[proxy], label=proxy if index == 0 else None)
-            axis.text(x, row[value], f"{row[value]:g}", ha="center", va="bottom", fontsize=7)
+            axis.bar(x, row[value], width, color=COLOURS[proxy])
+            low, high = spread.get((proxy, name, value), (row[value], row[value]))
+            if high > low:
+                axis.vlines(x, low, high, color="black", linewidth=1)
+            axis.text(x, max(high, row[value]), f"{row[value]:.3g}", ha="center", va="bottom", fontsize=6)
     axis.set_xticks(range(len(names)), names, rotation=15, ha="right", fontsize=8)
     axis.set_ylabel(label)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS[p]) for p in ("nginx", "router")]
-    axis.legend(handles, ["nginx", "router"], fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS[p]) for p in proxies]
+    axis.legend(handles, proxies, fontsize=8)
 
 
-def draw(rows: list[Row], output: Path, title: str) -> None:
+def spread_of(results: list[Result]) -> Spread:
+    """(lowest, highest) over --repeat's rounds of each proxy, scenario and plotted value."""
+    values: dict[tuple[str, str, str], list[float]] = {}
+    for result in results:
+        for value in ("cpu_us_per_request", "cpu_ms_per_mib", "p99_ms"):
+            values.setdefault((result.proxy, result.scenario, value), []).append(getattr(result, value))
+    return {key: (min(found), max(found)) for key, found in values.items()}
+
+
+def draw(rows: list[Row], spread: Spread, output: Path, title: str) -> None:
     groups = {scenario.name: scenario.group for scenario in SCENARIOS}
     present = {r["scenario"] for r in rows}
     per_request = [s.name for s in SCENARIOS if s.group in {"requests", "connections"} and s.name in present]
@@ -64,11 +81,11 @@ def draw(rows: list[Row], output: Path, title: str) -> None:
     bodies = [s.name for s in SCENARIOS if s.group == "bodies" and s.name in present]
     soak = [r for r in rows if groups.get(r["scenario"]) is None]
     figure, axes = plt.subplots(2, 2, figsize=(14, 9))
-    grouped_bars(axes[0][0], rows, cpu_panel, "cpu_us_per_request", "proxy CPU µs per request")
+    grouped_bars(axes[0][0], rows, cpu_panel, "cpu_us_per_request", label="proxy CPU µs per request", spread=spread)
     axes[0][0].set_title("CPU per request (lower is better; cold ids in the tables)")
-    grouped_bars(axes[0][1], rows, bodies, "cpu_ms_per_mib", "proxy CPU ms per MiB")
+    grouped_bars(axes[0][1], rows, bodies, "cpu_ms_per_mib", label="proxy CPU ms per MiB", spread=spread)
     axes[0][1].set_title("CPU per MiB of body (lower is better)")
-    grouped_bars(axes[1][0], rows, per_request + bodies, "p99_ms", "p99 latency, ms (log)")
+    grouped_bars(axes[1][0], rows, per_request + bodies, "p99_ms", label="p99 latency, ms (log)", spread=spread)
     axes[1][0].set_yscale("log")
     axes[1][0].set_title("p99 latency")
     draw_soak(axes[1][1], soak)
@@ -80,13 +97,13 @@ def draw(rows: list[Row], output: Path, title: str) -> None:
 
 def draw_soak(axis: Any, soak: list[Row]) -> None:
     memory = axis.twinx()
-    for proxy in ("nginx", "router"):
+    for proxy, colour in COLOURS.items():
         minutes = [r for r in soak if r["proxy"] == proxy]
         if not minutes:
             continue
         x = list(range(1, len(minutes) + 1))
-        axis.plot(x, [r["p99_ms"] for r in minutes], marker="o", color=COLOURS[proxy], label=f"{proxy} p99")
-        memory.plot(x, [r["peak_rss_mib"] for r in minutes], ls="--", color=COLOURS[proxy], label=f"{proxy} RSS")
+        axis.plot(x, [r["p99_ms"] for r in minutes], marker="o", color=colour, label=f"{proxy} p99")
+        memory.plot(x, [r["peak_rss_mib"] for r in minutes], ls="--", color=colour, label=f"{proxy} RSS")
     axis.set_xlabel("soak minute (paced: 64 connections, each a request every 10 ms, 200 deployments)")
     axis.set_ylabel("p99 ms")
     axis.set_ylim(bottom=0)
@@ -104,8 +121,10 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, default=HERE / "capacity.png")
     args = parser.parse_args()
     path = args.results or newest_results()
-    rows = [asdict(result) for result in medians([Result(**row) for row in json.loads(path.read_text())])]
-    draw(rows, args.output, f"WhaleRay router vs Nginx reference ({path.name})")
+    results = [Result(**row) for row in json.loads(path.read_text())]
+    rows = [asdict(result) for result in medians(results)]
+    title = f"WhaleRay router vs Nginx, HAProxy and the bare relay: median round, line = every round ({path.name})"
+    draw(rows, spread_of(results), args.output, title)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,14 @@
-"""`make bench`: the router and Nginx (the reference configuration) side by side, in one run, on loopback.
+"""`make bench`: the router side by side with Nginx, HAProxy and the bare relay, in one run, on loopback.
 
 Starts, each as its own process: the DNS fixture (200 deployments), the backend (a second nginx answering
-`200 ok`, serving 1 MiB and 100 MiB files and taking uploads), the Nginx router
-(`benchmarks/reference/nginx-router.conf`, a copy of the platform's reference, adapted only in ports and
-resolver address) and the WhaleRay router;
-then drives each proxy with wrk through every scenario of SCENARIOS and a paced soak, and prints requests per
-second, p50, p99, the proxy's CPU microseconds per request (utime + stime of the proxy's processes from /proc,
-divided by the requests wrk completed) and, where they apply, MiB/s, CPU per MiB, peak RSS and RSS per
-connection. `python -m benchmarks.plot` draws the results file as a PNG.
+`200 ok`, serving 1 MiB and 100 MiB files and taking uploads) and, one after another, each proxy of --proxies
+(see benchmarks/proxies.py: Nginx with the reference configuration, HAProxy with dynamic resolution, the bare
+relay, the router compiled and pure); drives each with wrk through every scenario of SCENARIOS and a paced soak,
+and prints requests per second, p50, p99, the proxy's CPU microseconds per request (utime + stime of the proxy's
+processes from /proc, divided by the requests wrk completed) and, where they apply, MiB/s, CPU per MiB, peak RSS
+and RSS per connection. `python -m benchmarks.plot` draws the results file as a PNG.
 
-Installs nginx and wrk with apt-get when they are missing (as root). All traffic stays on 127.0.0.0/8.
+Installs nginx, haproxy and wrk with apt-get when they are missing (as root). All traffic stays on 127.0.0.0/8.
 """
 
 from __future__ import annotations
@@ -26,122 +25,21 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
+from benchmarks.proctree import PeakRss, process_tree_cpu_split_s, process_tree_fds, process_tree_rss_bytes
+from benchmarks.proxies import PROXIES, ROOT, RUN_DIR, Ports, Proxy, ensure_tools, nginx_command, prepare
+from benchmarks.results import SCENARIO_NAMES, MiB, Result, Scenario, tables
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RUN_DIR = HERE / ".run"
 RESULTS_DIR = HERE / "results"
-REFERENCE_CONF = HERE / "reference" / "nginx-router.conf"  # a copy of shared/reference/, origin noted inside
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-MiB = 1 << 20
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """One wrk run: what to request, over how many connections, and what a request moves."""
-
-    name: str
-    path: str = "/services/dep-0/"
-    script: str | None = None  # a Lua file beside this module
-    script_args: tuple[str, ...] = ()
-    connections: int | None = None  # None: --connections
-    body_mib: float = 0.0  # MiB a request moves (download or upload); 0: a small request
-    group: str = "requests"  # requests, bodies or connections: the table it is reported in
-
-
-SCENARIOS = (
-    Scenario("1 deployment"),
-    Scenario("200 deployments", path="/", script="spread.lua"),
-    Scenario("cold ids", path="/", script="cold.lua"),
-    Scenario("1 MiB downloads", path="/services/dep-0/blob/1m", connections=16, body_mib=1, group="bodies"),
-    Scenario("100 MiB downloads", path="/services/dep-0/blob/100m", connections=4, body_mib=100, group="bodies"),
-    Scenario(
-        "1 MiB uploads",
-        path="/services/dep-0/upload",
-        script="upload.lua",
-        script_args=(str(MiB),),
-        connections=16,
-        body_mib=1,
-        group="bodies",
-    ),
-    Scenario(
-        "100 MiB uploads",
-        path="/services/dep-0/upload",
-        script="upload.lua",
-        script_args=(str(100 * MiB),),
-        connections=4,
-        body_mib=100,
-        group="bodies",
-    ),
-    Scenario("5000 connections", connections=5000, group="connections"),
-)
-SCENARIO_NAMES = {scenario.name: scenario for scenario in SCENARIOS}
-
-
-@dataclass
-class Result:
-    proxy: str
-    scenario: str
-    requests: int
-    seconds: float
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    cpu_us_per_request: float
-    dns_qps: float
-    kernel_pct: int = 0  # the share of the proxy's CPU spent in the kernel (stime)
-    mib_per_s: float = 0.0
-    cpu_ms_per_mib: float = 0.0
-    rss_before_mib: float = 0.0
-    peak_rss_mib: float = 0.0
-    rss_kib_per_connection: float = 0.0
-    open_fds: int = 0
-    run: int = 1  # which of --repeat's rounds
-
-
-def cpu_of(result: Result) -> float:
-    """The CPU figure a scenario is judged by: per MiB for bodies, per request otherwise."""
-    return result.cpu_ms_per_mib if result.mib_per_s else result.cpu_us_per_request
-
-
-def medians(results: list[Result]) -> list[Result]:
-    """One result per proxy and scenario: with --repeat, the round whose CPU figure is the median (the lower
-    middle one for an even count), so that every column of a row comes from the same run."""
-    runs: dict[tuple[str, str], list[Result]] = {}
-    for result in results:
-        runs.setdefault((result.proxy, result.scenario), []).append(result)
-    return [sorted(group, key=cpu_of)[(len(group) - 1) // 2] for group in runs.values()]
 
 
 # --- set-up ------------------------------------------------------------------------------------------------
-
-
-def ensure_tools() -> None:
-    missing = [
-        name for name in ("nginx", "wrk") if shutil.which(name) is None and not Path(f"/usr/sbin/{name}").exists()
-    ]
-    if not missing:
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        sys.exit(f"benchmarks need {', '.join(missing)}: install them (Debian: apt-get install nginx-light wrk)")
-    print(f"installing {', '.join(missing)} with apt-get", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    packages = ["nginx-light" if name == "nginx" else name for name in missing]
-    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env, stdout=subprocess.DEVNULL)
-
-
-def nginx_binary() -> str:
-    return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 def free_port() -> int:
@@ -168,26 +66,15 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 10) -> 
     raise RuntimeError(f"nothing listens on {host}:{port}")
 
 
-def adapt_reference(listen_port: int, dns_port: int, upstream_port: int) -> str:
-    """The reference configuration with only its listen port, resolver address and upstream port changed."""
-    text = REFERENCE_CONF.read_text()
-    adapted = text.replace("listen 80;", f"listen 127.0.0.1:{listen_port};")
-    adapted = adapted.replace("resolver 169.254.169.253 ", f"resolver 127.0.0.1:{dns_port} ")
-    adapted = adapted.replace(".whaleray.local:3000/", f".whaleray.local:{upstream_port}/")
-    if adapted.count(str(listen_port)) != 1 or f"127.0.0.1:{dns_port}" not in adapted:
-        raise RuntimeError("the reference configuration changed shape: update adapt_reference()")
-    return adapted
-
-
 @contextmanager
 def process(
-    name: str, command: list[str], ready_port: int | None = None, cpus: set[int] | None = None
+    name: str, command: list[str], ready_port: int | None = None, cpus: set[int] | None = None, cwd: Path = ROOT
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`command` running until the block ends; on `cpus` only when given (set in the child before it starts,
     so that Nginx's workers and the router's threads inherit it)."""
     log = (RUN_DIR / f"{name}.log").open("wb")
     pin = None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus)
-    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=pin)  # noqa: PLW1509
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, preexec_fn=pin)  # noqa: PLW1509
     try:
         if ready_port is not None:
             wait_for_port(ready_port)
@@ -202,82 +89,7 @@ def process(
         log.close()
 
 
-def nginx_command(conf: Path, name: str) -> list[str]:
-    directives = f"daemon off; pid {RUN_DIR / (name + '.pid')}; error_log {RUN_DIR / (name + '.error.log')} warn;"
-    return [nginx_binary(), "-p", str(RUN_DIR), "-c", str(conf), "-g", directives]
-
-
 # --- measuring ---------------------------------------------------------------------------------------------
-
-
-def process_tree_cpu_split_s(pid: int) -> tuple[float, float]:
-    """(utime, stime) of `pid` and its children, in seconds: the proxy's own work, and the kernel's for it."""
-    user = system = 0
-    for one in [pid, *children_of(pid)]:
-        try:
-            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        user, system = user + int(fields[11]), system + int(fields[12])  # fields 14 and 15 of stat
-    return user / CLOCK_TICKS, system / CLOCK_TICKS
-
-
-def children_of(pid: int) -> list[int]:
-    """Processes whose parent is `pid`, from /proc (the tests use it for the router's workers too)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:  # gone meanwhile
-                continue
-            if int(fields[1]) == pid:
-                children.append(int(entry.name))
-    return children
-
-
-def process_tree_rss_bytes(pid: int) -> int:
-    """Resident memory of `pid` and its children (Nginx's master and workers add up)."""
-    total = 0
-    for one in [pid, *children_of(pid)]:
-        try:
-            status = Path(f"/proc/{one}/status").read_text()
-        except FileNotFoundError:
-            continue
-        total += next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-    return total
-
-
-def process_tree_fds(pid: int) -> int:
-    total = 0
-    for one in [pid, *children_of(pid)]:
-        with suppress(FileNotFoundError):
-            total += len(os.listdir(f"/proc/{one}/fd"))
-    return total
-
-
-class PeakRss:
-    """Samples the process tree's RSS every 50 ms while a run lasts: the peak of that run, not of the process's
-    life (VmHWM would carry over from earlier scenarios and cannot add up Nginx's workers)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, process_tree_rss_bytes(self.pid))
-
-    def __enter__(self) -> PeakRss:
-        self.peak = process_tree_rss_bytes(self.pid)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 _LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
@@ -396,7 +208,7 @@ def soak(proxy: str, pid: int, port: int, args: argparse.Namespace) -> list[Resu
 
 
 def check_routes(port: int) -> None:
-    """Both proxies must answer 200 through the backend before they are measured."""
+    """Every proxy must answer 200 through the backend before they are measured."""
     for path in ("/services/dep-0/", "/services/dep-199/", "/services/dep-0/blob/1m"):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
             connection.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
@@ -414,7 +226,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3, help="seconds of wrk before each measured run")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections where a scenario sets none")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--proxies", default="nginx,router", help="comma-separated: nginx, router")
+    parser.add_argument("--proxies", default=",".join(PROXIES), help=f"comma-separated: {', '.join(PROXIES)}")
     parser.add_argument("--router-args", default="", help="extra flags for whaleray-router")
     parser.add_argument(
         "--scenarios", default=",".join(SCENARIO_NAMES), help=f"comma-separated: {', '.join(SCENARIO_NAMES)}"
@@ -440,6 +252,9 @@ def parse_args() -> argparse.Namespace:
     unknown = [name for name in args.scenarios.split(",") if name and name not in SCENARIO_NAMES]
     if unknown:
         parser.error(f"unknown scenario {', '.join(unknown)}")
+    strangers = [name for name in args.proxies.split(",") if name not in PROXIES]
+    if strangers:
+        parser.error(f"unknown proxy {', '.join(strangers)}")
     return args
 
 
@@ -481,54 +296,64 @@ def raise_descriptor_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-def router_command(args: argparse.Namespace, port: int, dns_port: int, upstream_port: int) -> list[str]:
-    return [
-        sys.executable, "-m", "router", "--host", "127.0.0.1", "--port", str(port), "--admin-port", "0",
-        "--resolver", f"127.0.0.1:{dns_port}", "--upstream-allow-cidr", "127.0.0.0/8",
-        "--upstream-port", str(upstream_port), "--log-level", "warning",
-        "--access-log", "off",  # the reference Nginx configuration has access_log off: the same work
-        *args.router_args.split(),
-    ]  # fmt: skip
-
-
 def main() -> None:
     args = parse_args()
-    ensure_tools()
+    names = args.proxies.split(",")
+    ensure_tools(names)
     raise_descriptor_limit()
     proxy_cpus = pin_cpus() if args.pin else None
     RUN_DIR.mkdir(exist_ok=True)
     RESULTS_DIR.mkdir(exist_ok=True)
-    dns_port, upstream_port, nginx_port, router_port = free_port(), free_port(), free_port(), free_port()
-    uploads = prepare_backend(upstream_port)
-    router_conf = RUN_DIR / "nginx-router.conf"
-    router_conf.write_text(adapt_reference(nginx_port, dns_port, upstream_port))
-    dns_command = [sys.executable, "-m", "benchmarks.dns_fixture", "--port", str(dns_port)]
-    results: list[Result] = []
+    ports = Ports(dns=free_port(), upstream=free_port())
+    uploads = prepare_backend(ports.upstream)
+    proxies = prepare(names, {name: free_port() for name in names}, ports, args.router_args)
+    dns_command = [sys.executable, "-m", "benchmarks.dns_fixture", "--port", str(ports.dns)]
     try:
         with (
             process("dns", [*dns_command, "--count-file", str(RUN_DIR / "dns-count")]) as dns,
-            process("backend", nginx_command(RUN_DIR / "backend.conf", "backend"), ready_port=upstream_port),
+            process("backend", nginx_command(RUN_DIR / "backend.conf", "backend"), ready_port=ports.upstream),
         ):
             time.sleep(0.5)  # the DNS fixture binds UDP: no port to poll
-            proxies = {
-                "nginx": (nginx_command(router_conf, "nginx-router"), nginx_port),
-                "router": (router_command(args, router_port, dns_port, upstream_port), router_port),
-            }
-            for run in range(1, args.repeat + 1):
-                for name in args.proxies.split(","):
-                    command, port = proxies[name]
-                    with process(name, command, ready_port=port, cpus=proxy_cpus) as child:
-                        check_routes(port)
-                        for scenario_name in filter(None, args.scenarios.split(",")):
-                            result = measure(name, child.pid, port, SCENARIO_NAMES[scenario_name], args, dns=dns)
-                            result.run = run
-                            print(json.dumps(asdict(result)), flush=True)
-                            results.append(result)
-                        if run == args.repeat:
-                            results += soak(name, child.pid, port, args)
+            results = run_rounds([proxies[name] for name in names], args, dns, proxy_cpus)
     finally:
         shutil.rmtree(uploads, ignore_errors=True)
     report(results, args)
+
+
+def run_rounds(
+    proxies: list[Proxy], args: argparse.Namespace, dns: subprocess.Popen[bytes], cpus: set[int] | None
+) -> list[Result]:
+    """--repeat rounds, the proxies taking turns in each (so that a noisy minute hits every proxy of a round)."""
+    scenarios = [SCENARIO_NAMES[name] for name in filter(None, args.scenarios.split(","))]
+    progress = Progress(args, total=args.repeat * len(proxies) * len(scenarios))
+    results: list[Result] = []
+    for run in range(1, args.repeat + 1):
+        for proxy in proxies:
+            with process(proxy.name, proxy.command, ready_port=proxy.port, cpus=cpus, cwd=proxy.cwd) as child:
+                check_routes(proxy.port)
+                for scenario in scenarios:
+                    progress.step(f"round {run}, {proxy.name}, {scenario.name}")
+                    result = measure(proxy.name, child.pid, proxy.port, scenario, args, dns=dns)
+                    result.run = run
+                    print(json.dumps(asdict(result)), flush=True)
+                    results.append(result)
+                if run == args.repeat:
+                    results += soak(proxy.name, child.pid, proxy.port, args)
+    return results
+
+
+class Progress:
+    """`[i/N] what, about M min left` before each measured run: a full `make bench` lasts half an hour."""
+
+    def __init__(self, args: argparse.Namespace, total: int) -> None:
+        self.total, self.done = total, 0
+        self.run_s = args.warmup + args.duration + 1  # wrk's start and the DNS count's round trip
+        self.soak_s = 60 * args.soak_minutes * len(args.proxies.split(","))
+
+    def step(self, what: str) -> None:
+        left_s = (self.total - self.done) * self.run_s + self.soak_s
+        self.done += 1
+        print(f"[{self.done}/{self.total}] {what}, about {left_s / 60:.0f} min left", file=sys.stderr, flush=True)
 
 
 def report(results: list[Result], args: argparse.Namespace) -> None:
@@ -540,99 +365,6 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     print(f"\nwrk -t{args.threads}, {args.duration:g} s runs on {os.cpu_count()} CPUs, {placement}, {rounds} ({path}):")
     for line in tables(results):
         print(line)
-
-
-def tables(results: list[Result]) -> list[str]:
-    """The Markdown tables benchmarks/README.md records, one per kind of scenario, then the ratios."""
-    groups = {scenario.name: scenario.group for scenario in SCENARIOS}
-    columns = {
-        "requests": (
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "errors or non-2xx",
-            "proxy CPU µs/req",
-            "in kernel",
-            "DNS queries/s",
-        ),
-        "bodies": ("MiB/s", "p99 ms", "errors or non-2xx", "proxy CPU ms/MiB", "peak RSS MiB"),
-        "connections": (
-            "req/s",
-            "p99 ms",
-            "errors",
-            "proxy CPU µs/req",
-            "RSS before MiB",
-            "peak RSS MiB",
-            "RSS KiB/connection",
-        ),
-        "soak": ("req/s", "p99 ms", "errors", "proxy CPU µs/req", "peak RSS MiB", "open fds"),
-    }
-
-    def cells(r: Result, group: str) -> list[object]:
-        if group == "requests":
-            return [
-                r.rps,
-                f"{r.p50_ms:.2f}",
-                f"{r.p99_ms:.2f}",
-                r.errors,
-                r.cpu_us_per_request,
-                f"{r.kernel_pct} %",
-                r.dns_qps,
-            ]
-        if group == "bodies":
-            return [r.mib_per_s, f"{r.p99_ms:.2f}", r.errors, r.cpu_ms_per_mib, r.peak_rss_mib]
-        if group == "connections":
-            return [r.rps, f"{r.p99_ms:.2f}", r.errors, r.cpu_us_per_request, r.rss_before_mib, r.peak_rss_mib,
-                    r.rss_kib_per_connection]  # fmt: skip
-        return [r.rps, f"{r.p99_ms:.2f}", r.errors, r.cpu_us_per_request, r.peak_rss_mib, r.open_fds]
-
-    every_round, results = results, medians(results)
-    lines: list[str] = []
-    for group, names in columns.items():
-        rows = [r for r in results if groups.get(r.scenario, "soak") == group]
-        if not rows:
-            continue
-        lines += ["", "| proxy | scenario | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
-        lines += [f"| {r.proxy} | {r.scenario} | " + " | ".join(map(str, cells(r, group))) + " |" for r in rows]
-    by_key = {(r.proxy, r.scenario): r for r in results}
-    lines.append("")
-    for scenario in SCENARIOS:
-        nginx, router = by_key.get(("nginx", scenario.name)), by_key.get(("router", scenario.name))
-        if nginx and router:
-            lines.append(f"- {scenario.name}: {comparison(router, nginx, per_mib=scenario.body_mib > 0)}")
-    lines += round_by_round(every_round)
-    return lines
-
-
-def round_by_round(results: list[Result]) -> list[str]:
-    """With --repeat: each round's router/Nginx CPU ratio, the two proxies of a round having run back to back."""
-    by_round = {(r.proxy, r.scenario, r.run): r for r in results}
-    lines: list[str] = []
-    for scenario in SCENARIOS:
-        ratios = []
-        for run in sorted({r.run for r in results}):
-            nginx, router = by_round.get(("nginx", scenario.name, run)), by_round.get(("router", scenario.name, run))
-            if nginx and router and cpu_of(nginx):
-                ratios.append(cpu_of(router) / cpu_of(nginx))
-        if len(ratios) > 1:
-            listed = ", ".join(f"{ratio:.2f}x" for ratio in ratios)
-            lines.append(f"- {scenario.name}, router/Nginx CPU round by round: {listed}")
-    return lines
-
-
-def comparison(router: Result, nginx: Result, *, per_mib: bool) -> str:
-    """The router's CPU against Nginx's, per MiB for body scenarios, and the p99s and errors beside it."""
-    router_cpu, nginx_cpu = (
-        (router.cpu_ms_per_mib, nginx.cpu_ms_per_mib)
-        if per_mib
-        else (router.cpu_us_per_request, nginx.cpu_us_per_request)
-    )
-    unit = "MiB" if per_mib else "request"
-    if nginx.errors >= nginx.requests or not nginx_cpu:
-        ratio = f"Nginx failed every request ({nginx.errors} errors); router CPU {router_cpu} per {unit}"
-    else:
-        ratio = f"router CPU per {unit} = {router_cpu / nginx_cpu:.2f}x Nginx's"
-    return f"{ratio}; p99 {router.p99_ms:.2f} ms vs {nginx.p99_ms:.2f} ms; errors {router.errors} vs {nginx.errors}"
 
 
 if __name__ == "__main__":

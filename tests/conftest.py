@@ -20,7 +20,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from benchmarks.run import children_of
+from benchmarks.proctree import children_of
 from router.app import Router
 from router.demo.backend import make_app
 from router.demo.dns import DemoDnsServer

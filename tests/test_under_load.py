@@ -16,7 +16,7 @@ import httptools
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.run import children_of
+from benchmarks.proctree import children_of
 from router.demo.dns import DemoDnsServer
 from tests.conftest import BackendFactory, RouterProcess, read_response, wait_for
 

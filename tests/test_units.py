@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.hotpath import HotPath
-from benchmarks.run import REFERENCE_CONF, Result, adapt_reference, medians, tables
+from benchmarks.proxies import REFERENCE_CONF, adapt_reference
+from benchmarks.results import Result, medians, tables
 from router.discovery.balancer import Balancer
 from router.discovery.budget import QueryBudget
 from router.discovery.cache import DnsCache, EntryKind
@@ -427,6 +428,23 @@ def test_repeated_benchmark_rounds_report_the_median_round_whole_and_every_ratio
     lines = tables(rounds)
     assert "- 200 deployments: router CPU per request = 0.67x Nginx's; p99 3.00 ms vs 4.50 ms; errors 0 vs 0" in lines
     assert "- 200 deployments, router/Nginx CPU round by round: 0.75x, 0.40x, 0.80x" in lines
+
+
+def test_benchmark_ratios_put_the_routers_beside_nginx_and_the_relay_and_the_others_beside_nginx() -> None:
+    def result(proxy: str, cpu: float) -> Result:
+        return Result(proxy, "1 deployment", 1000, 10.0, 100.0, 1.0, 2.0, 0, cpu, 0.0)
+
+    rounds = [result("nginx", 60.0), result("relay", 15.0), result("haproxy", 30.0)]
+    rounds += [result("router", 18.0), result("router-pure", 30.0)]
+    lines = tables(rounds)
+    same = "p99 2.00 ms vs 2.00 ms; errors 0 vs 0"
+    expected = [
+        f"- 1 deployment: the relay CPU per request = 0.25x Nginx's; {same}",
+        f"- 1 deployment: HAProxy CPU per request = 0.50x Nginx's; {same}",  # no floor but for the routers
+        f"- 1 deployment: router CPU per request = 0.30x Nginx's, 1.20x the relay's; {same}",
+        f"- 1 deployment: pure router CPU per request = 0.50x Nginx's, 2.00x the relay's; {same}",
+    ]
+    assert [line for line in lines if line.startswith("- 1 deployment:")] == expected
 
 
 # --- the benchmark's reference configuration ------------------------------------------------------------------

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.run import children_of as children
+from benchmarks.proctree import children_of as children
 from router.cpus import available_cpus, cgroup_cpu_quota
 from router.demo.dns import DemoDnsServer
 from tests.conftest import BackendFactory, RouterProcess, wait_for
