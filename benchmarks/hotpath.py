@@ -31,7 +31,8 @@ from prometheus_client.registry import CollectorRegistry
 from router.discovery.resolver import Answer
 from router.discovery.service import Discovery
 from router.metrics import Metrics
-from router.proxy.server import ClientConnection, ServerState
+from router.proxy.client import ClientConnection
+from router.proxy.server import ServerState
 from router.proxy.upstream import UpstreamConnection
 from router.settings import build_parser, settings_from
 
@@ -91,9 +92,9 @@ class HotPath:
             # Loopback addresses that nothing dials: the transports are in memory.
             address = (f"127.0.{1 + index // 250}.{1 + index % 250}", settings.upstream_port)
             discovery.cache.store(f"dep-{index}", (address,), 3600.0, now)
-            upstream = UpstreamConnection(address, self.state.forget_idle)
+            upstream = UpstreamConnection(address, self.state.connector.forget_idle)
             upstream.connection_made(MemoryTransport(address))  # type: ignore[arg-type]
-            self.state.pool.release(address, upstream, now)
+            self.state.connector.pool.release(address, upstream, now)
             self.upstreams.append(upstream)
         self.client = ClientConnection(self.state)
         self.client_transport = MemoryTransport(("127.0.0.1", 40000))

@@ -26,7 +26,8 @@ from router.discovery.resolver import DnsResolver
 from router.discovery.service import Discovery
 from router.logs import AccessLog, setup_logging
 from router.metrics import Gauges, Metrics, NullMetrics
-from router.proxy.server import ClientConnection, ServerState
+from router.proxy.client import ClientConnection
+from router.proxy.server import ServerState
 from router.settings import Settings
 
 if TYPE_CHECKING:
@@ -92,13 +93,13 @@ class Router:
         if settings.access_log == "json":
             self.access_log = AccessLog()
         state = ServerState(settings, self._discovery, loop, self.metrics, self.access_log)
-        self._discovery.on_removed = state.retire_addresses
+        self._discovery.on_removed = state.connector.retire
         self._discovery.on_query = self.metrics.dns_query_duration.observe
         self.metrics.gauges = Gauges(
             inflight=lambda: state.inflight,
             client_connections=lambda: len(state.connections),
             upstream_active=state.upstream_active,
-            upstream_idle=state.pool.idle_count,
+            upstream_idle=state.connector.pool.idle_count,
             dns_cache_entries=lambda: len(state.discovery.cache),
         )
         self.state = state
@@ -183,8 +184,7 @@ class Router:
         if self.state is not None:
             for connection in list(self.state.connections):
                 connection.abort()
-            for upstream in self.state.pool.drain_addresses():
-                upstream.close()
+            self.state.connector.close_idle()
         if self.admin is not None:
             await self.admin.stop()
         if self._discovery is not None:

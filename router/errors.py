@@ -20,6 +20,9 @@ class ErrorKind:
     # Whether each occurrence gets an application log line. Not for what clients cause at will (unknown ids,
     # over-budget lookups, limits): a scan would turn into a log flood. Those are in the access log and metrics.
     log_each: bool = False
+    # Whether the body names the deployment: for errors about it (its lookup, its backend), not about the
+    # request itself, where the path may not even hold a valid id.
+    names_deployment: bool = False
 
 
 _KINDS = (
@@ -32,45 +35,29 @@ _KINDS = (
     ErrorKind("rate_limited", 429, "Too many requests for this deployment, retry later"),
     ErrorKind("headers_too_large", 431, "Request header fields too large"),
     ErrorKind("internal_error", 500, "Internal router error", log_each=True),
-    ErrorKind("deployment_not_found", 502, "Service unavailable or deployment not found"),
-    ErrorKind("upstream_unavailable", 502, "Service unavailable", log_each=True),
-    ErrorKind("upstream_bad_response", 502, "Service sent an invalid response", log_each=True),
-    ErrorKind("upstream_forbidden", 502, "Service address not allowed", log_each=True),
-    ErrorKind("resolver_unavailable", 503, "Service discovery unavailable", log_each=True),
-    ErrorKind("resolver_busy", 503, "Service discovery busy, retry shortly"),
+    ErrorKind("deployment_not_found", 502, "Service unavailable or deployment not found", names_deployment=True),
+    ErrorKind("upstream_unavailable", 502, "Service unavailable", log_each=True, names_deployment=True),
+    ErrorKind("upstream_bad_response", 502, "Service sent an invalid response", log_each=True, names_deployment=True),
+    ErrorKind("upstream_forbidden", 502, "Service address not allowed", log_each=True, names_deployment=True),
+    ErrorKind("resolver_unavailable", 503, "Service discovery unavailable", log_each=True, names_deployment=True),
+    ErrorKind("resolver_busy", 503, "Service discovery busy, retry shortly", names_deployment=True),
     ErrorKind("deployment_overloaded", 503, "Too many requests in flight for this deployment"),
-    ErrorKind("upstream_timeout", 504, "Service did not answer in time", log_each=True),
+    ErrorKind("upstream_timeout", 504, "Service did not answer in time", log_each=True, names_deployment=True),
 )
 
 ERRORS: dict[str, ErrorKind] = {kind.code: kind for kind in _KINDS}
 
 
 class RouterError(Exception):
-    """An error a client sees: `code` is a key of ERRORS; `detail` is for the log only."""
+    """An error a client sees: `code` is a key of ERRORS. What the log needs is logged where it happens."""
 
-    def __init__(self, code: str, detail: str = "") -> None:
-        super().__init__(code, detail)
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
         self.kind = ERRORS[code]
-        self.detail = detail
 
     @property
     def code(self) -> str:
         return self.kind.code
-
-
-class DeploymentNotFound(RouterError):
-    def __init__(self, detail: str = "") -> None:
-        super().__init__("deployment_not_found", detail)
-
-
-class ResolverUnavailable(RouterError):
-    def __init__(self, detail: str = "") -> None:
-        super().__init__("resolver_unavailable", detail)
-
-
-class UpstreamForbidden(RouterError):
-    def __init__(self, detail: str = "") -> None:
-        super().__init__("upstream_forbidden", detail)
 
 
 def reason_phrase(status: int) -> bytes:

@@ -16,7 +16,7 @@ import select
 import sys
 import threading
 import time
-from typing import IO
+from typing import IO, NamedTuple
 
 _STANDARD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -85,23 +85,27 @@ def setup_logging(level: str, log_format: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-ACCESS_FIELDS = (
-    "time",
-    "request_id",
-    "trace_id",
-    "client_ip",
-    "method",
-    "deployment",
-    "path",
-    "status",
-    "bytes_in",
-    "bytes_out",
-    "duration_ms",
-    "upstream",
-    "upstream_reused",
-    "dns",
-    "error",
-)
+class AccessRecord(NamedTuple):
+    """One access-log line's values, raw: the writer thread formats them (format_access)."""
+
+    time: float  # Unix time
+    request_id: str
+    trace_id: str | None
+    client_ip: str
+    method: str
+    deployment: str | None
+    path: str
+    status: int
+    bytes_in: int
+    bytes_out: int
+    duration_ms: float
+    upstream: str | None
+    upstream_reused: bool | None
+    dns: str | None
+    error: str | None
+
+
+ACCESS_FIELDS = AccessRecord._fields
 
 
 class AccessLog:
@@ -118,14 +122,14 @@ class AccessLog:
     def __init__(self, stream: IO[str] | None = None, flush_s: float = 0.1) -> None:
         self._stream = stream if stream is not None else sys.stdout
         self._flush_s = flush_s
-        self._pending: list[tuple[object, ...]] = []
-        self._batches: queue.Queue[list[tuple[object, ...]] | None] = queue.Queue()
+        self._pending: list[AccessRecord] = []
+        self._batches: queue.Queue[list[AccessRecord] | None] = queue.Queue()
         self._timer: asyncio.TimerHandle | None = None
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
         self._thread.start()
 
-    def write(self, values: tuple[object, ...]) -> None:
+    def write(self, values: AccessRecord) -> None:
         """`values` in the order of ACCESS_FIELDS, `time` as a Unix timestamp."""
         self._pending.append(values)
         if self._timer is None:
@@ -151,11 +155,11 @@ class AccessLog:
         second, stamp = -1, ""
         while (batch := self._batches.get()) is not None:
             lines = []
-            for values in batch:
-                now = int(values[0])  # type: ignore[call-overload]
+            for record in batch:
+                now = int(record.time)
                 if now != second:
                     second, stamp = now, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-                lines.append(format_access(stamp, values))
+                lines.append(format_access(stamp, record))
             self._emit(lines)
 
     def _emit(self, lines: list[str]) -> None:
@@ -202,38 +206,22 @@ def _token(value: object) -> str:
     return "null" if value is None else f'"{value}"'
 
 
-def format_access(stamp: str, values: tuple[object, ...]) -> str:
-    (
-        _,
-        request_id,
-        trace_id,
-        client_ip,
-        method,
-        deployment,
-        path,
-        status,
-        bytes_in,
-        bytes_out,
-        duration_ms,
-        upstream,
-        reused,
-        dns,
-        error,
-    ) = values
+def format_access(stamp: str, record: AccessRecord) -> str:
+    r = record
     return _ACCESS_TEMPLATE % (
         stamp,
-        request_id,
-        "null" if trace_id is None else _encode_string(str(trace_id)),
-        client_ip,
-        method,
-        _token(deployment),
-        _encode_string(str(path)),
-        status,
-        bytes_in,
-        bytes_out,
-        duration_ms,
-        _token(upstream),
-        "null" if reused is None else ("true" if reused else "false"),
-        _token(dns),
-        _token(error),
+        r.request_id,
+        "null" if r.trace_id is None else _encode_string(r.trace_id),
+        r.client_ip,
+        r.method,
+        _token(r.deployment),
+        _encode_string(r.path),
+        r.status,
+        r.bytes_in,
+        r.bytes_out,
+        r.duration_ms,
+        _token(r.upstream),
+        "null" if r.upstream_reused is None else ("true" if r.upstream_reused else "false"),
+        _token(r.dns),
+        _token(r.error),
     )

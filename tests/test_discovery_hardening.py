@@ -153,14 +153,14 @@ async def test_removed_address_gets_no_new_requests_and_its_idle_connections_clo
         for _ in range(4):
             assert (await get(session, router, "/services/multi/"))[0] == 200
         assert router.state is not None
-        assert router.state.pool.idle_count((old.host, old.port)) == 1
+        assert router.state.connector.pool.idle_count((old.host, old.port)) == 1
         dns.set_a("multi", ["127.0.0.3"], ttl=1)
         await asyncio.sleep(1.2)
         requests_before = old.requests
         answered = await backends(session, router, "/services/multi/", 6)
     assert answered == {"kept": 6}
     assert old.requests == requests_before
-    assert router.state.pool.idle_count((old.host, old.port)) == 0
+    assert router.state.connector.pool.idle_count((old.host, old.port)) == 0
 
 
 async def test_srv_records_give_targets_and_ports(

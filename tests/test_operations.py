@@ -238,7 +238,7 @@ async def test_in_flight_cap_answers_503_at_once(
         == 1
     )
     assert router.state is not None
-    assert router.state.inflight_by_deployment == {}
+    assert router.state.limits.inflight == {}
 
 
 async def test_rate_limit_answers_429_with_retry_after(

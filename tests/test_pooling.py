@@ -32,8 +32,8 @@ async def test_sequential_requests_reuse_one_backend_connection(
     assert instance.requests == 25
     assert instance.connection_count == 1
     assert router.state is not None
-    assert router.state.upstream_connects == 1
-    assert router.state.upstream_reuses == 24
+    assert router.state.connector.connects == 1
+    assert router.state.connector.reuses == 24
 
 
 async def test_separate_client_connections_share_pooled_backend_connections(
@@ -57,12 +57,12 @@ async def test_idle_pooled_connections_expire(
     instance = await backend("127.0.0.2")
     await get_many(router, "/services/hello/x", 1)
     assert router.state is not None
-    assert router.state.pool.idle_count() == 1
+    assert router.state.connector.pool.idle_count() == 1
     await asyncio.sleep(0.6)
-    assert router.state.pool.idle_count() == 0
+    assert router.state.connector.pool.idle_count() == 0
     await get_many(router, "/services/hello/x", 1)
     assert instance.connection_count == 2
-    assert repr(router.state.pool) == "<ConnectionPool [Idle: 1 on 1 addresses]>"
+    assert repr(router.state.connector.pool) == "<ConnectionPool [Idle: 1 on 1 addresses]>"
 
 
 async def test_concurrent_requests_open_parallel_connections_then_reuse_them(
@@ -138,7 +138,9 @@ async def test_refused_address_is_skipped(router: Router, dns: DemoDnsServer, ba
     results = await get_many(router, "/services/multi/", 10)
     assert [status for status, _ in results] == [200] * 10
     assert router.state is not None
-    assert router.state.balancer.is_ejected(("127.0.0.9", router.settings.upstream_port), router.state.loop.time())
+    assert router.state.connector.balancer.is_ejected(
+        ("127.0.0.9", router.settings.upstream_port), router.state.loop.time()
+    )
 
 
 async def test_client_leaving_mid_response_closes_the_backend_connection(
@@ -164,7 +166,7 @@ async def test_client_leaving_mid_response_closes_the_backend_connection(
     writer.close()
     await asyncio.wait_for(backend_saw_close.wait(), 5)
     assert router.state is not None
-    assert router.state.pool.idle_count() == 0
+    assert router.state.connector.pool.idle_count() == 0
 
 
 async def test_body_arriving_in_pieces_is_relayed_whole_and_the_connection_reused(

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from router.app import Router
 from router.demo.dns import DemoDnsServer
-from router.proxy.server import ClientConnection, Exchange
+from router.proxy.client import ClientConnection
+from router.proxy.exchange import Exchange
 from router.proxy.upstream import UpstreamConnection
 from tests.conftest import (
     BackendFactory,

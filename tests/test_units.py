@@ -18,7 +18,7 @@ from router.discovery.budget import QueryBudget
 from router.discovery.cache import DnsCache, EntryKind
 from router.discovery.resolver import SrvTarget
 from router.discovery.service import address_allowed, plan_srv
-from router.logs import ACCESS_FIELDS, format_access
+from router.logs import ACCESS_FIELDS, AccessRecord, format_access
 from router.proxy.headers import HeaderError, analyse_request, analyse_response, upstream_head
 from router.proxy.pool import ConnectionPool
 from router.proxy.route import RouteKind, parse_target
@@ -375,7 +375,7 @@ def test_srv_plan_with_zero_weights_spreads_evenly() -> None:
 
 
 def test_access_lines_are_json_whatever_the_path_and_trace_id() -> None:
-    values = (
+    values = AccessRecord(
         0.0,
         "rid",
         'Root=1-"x"\\\n',
@@ -409,8 +409,8 @@ async def test_a_cached_answer_and_an_idle_connection_proxy_without_a_task_or_a_
     tasks_before = len(asyncio.all_tasks())
     path.run(30)
     path.check()
-    assert path.state.upstream_reuses == 30
-    assert path.state.upstream_connects == 0
+    assert path.state.connector.reuses == 30
+    assert path.state.connector.connects == 0
     assert path.state.inflight == 0
     assert len(asyncio.all_tasks()) == tasks_before
     assert path.state.metrics.requests == {("dep-0", 200): 10, ("dep-1", 200): 10, ("dep-2", 200): 10}

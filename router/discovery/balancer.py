@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-Address = tuple[str, int]
+from router.discovery.cache import Address
+
 # Bounds the ejection table: past this many entries, expired ones are pruned on the next failure.
 _PRUNE_ABOVE = 1024
 _MAX_DOUBLINGS = 64  # failures counted at most: 2 ** 63 times the base is past any sensible cap

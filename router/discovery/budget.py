@@ -14,6 +14,8 @@ no reserve: its first wave of traffic, every deployment at once, may use the who
 
 from __future__ import annotations
 
+from router.limits import TokenBucket
+
 
 class QueryBudget:
     def __init__(self, rate_qps: float, reserve_fraction: float = 0.5) -> None:
@@ -21,8 +23,7 @@ class QueryBudget:
         self.capacity = max(rate_qps, 1.0)
         self.max_reserve = self.capacity * reserve_fraction
         self.reserve = self.max_reserve
-        self._tokens = self.capacity
-        self._updated_at: float | None = None
+        self._bucket = TokenBucket(rate_qps, self.capacity)
         self.refused = 0
 
     def hold_for(self, known_names: int, refresh_interval_s: float) -> None:
@@ -31,26 +32,18 @@ class QueryBudget:
 
     def try_spend(self, now: float, known: bool) -> bool:
         """Take one token for a query; False means: do not query now."""
-        self._refill(now)
-        if self._tokens >= self._floor(known):
-            self._tokens -= 1.0
+        if self._bucket.try_take(now, self._floor(known)):
             return True
         self.refused += 1
         return False
 
     def wait_s(self, now: float, known: bool) -> float:
         """Seconds until `try_spend(known)` can succeed, if nothing else spends meanwhile."""
-        self._refill(now)
-        return max(0.0, (self._floor(known) - self._tokens) / self.rate_qps)
+        return self._bucket.wait_s(now, self._floor(known))
 
     def _floor(self, known: bool) -> float:
         return 1.0 if known else self.reserve + 1.0
 
-    def _refill(self, now: float) -> None:
-        if self._updated_at is not None:
-            self._tokens = min(self.capacity, self._tokens + (now - self._updated_at) * self.rate_qps)
-        self._updated_at = now
-
     def __repr__(self) -> str:
-        tokens = f"{self._tokens:.1f}/{self.capacity:.0f} tokens"
+        tokens = f"{self._bucket.tokens:.1f}/{self.capacity:.0f} tokens"
         return f"<QueryBudget [{tokens} | Reserve: {self.reserve:.1f} | {self.rate_qps:g}/s | Refused: {self.refused}]>"

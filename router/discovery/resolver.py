@@ -22,8 +22,6 @@ import pycares
 
 from router.settings import Resolver
 
-Address = tuple[str, int]
-
 # c-ares status codes that mean "the name has no A records", as opposed to "could not get an answer".
 _NOT_FOUND_STATUSES = frozenset({pycares.errno.ARES_ENOTFOUND, pycares.errno.ARES_ENODATA})
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from router.discovery.budget import QueryBudget
 from router.discovery.cache import Address, DnsCache, Entry, EntryKind
 from router.discovery.resolver import Answer, NameNotFound, ResolverFailure, SrvAnswer, SrvTarget
-from router.errors import ResolverUnavailable, RouterError
+from router.errors import RouterError
 from router.settings import Network, Settings
 
 log = logging.getLogger("router.discovery")
@@ -130,7 +130,7 @@ class Discovery:
         return entry
 
     async def resolve(self, deployment: str) -> Entry:
-        """Look `deployment` up. Raises ResolverUnavailable (no answer, nothing stale) or resolver_busy."""
+        """Look `deployment` up. Raises RouterError resolver_unavailable (no answer, nothing stale) or resolver_busy."""
         now = self._clock()
         # A caller decides "miss" before its task runs; by then another query may have filled the cache.
         entry = self.cache.fresh(deployment, now)
@@ -275,7 +275,7 @@ class Discovery:
         stale = self.cache.serve_stale(deployment, self._clock())
         if stale is None:
             log.warning("dns lookup failed", extra={"deployment": deployment, "detail": detail})
-            raise ResolverUnavailable(detail)
+            raise RouterError("resolver_unavailable")
         self.stats.stale_served += 1
         log.warning("dns lookup failed, serving stale answer", extra={"deployment": deployment, "detail": detail})
         return stale

@@ -204,3 +204,44 @@ def response_head(status: int, reason: bytes, info: ResponseHeaders, request_id:
     """`framing` is the router's own `Content-Length`/`Transfer-Encoding`/`Connection` lines, already CRLF-ended."""
     forwarded = b"".join(info.forwarded)
     return b"HTTP/1.1 %d %s\r\n%bX-Request-Id: %s\r\n%s\r\n" % (status, reason, forwarded, request_id, framing)
+
+
+class Framing:
+    """How the router frames a response to the client, decided from the backend's head (`response_framing`)."""
+
+    __slots__ = ("chunked", "keep_alive", "length", "lines", "until_close")
+
+    def __init__(self, lines: bytes, length: int | None, chunked: bool, until_close: bool, keep_alive: bool) -> None:
+        self.lines = lines  # the header lines the router writes: Content-Length, Transfer-Encoding, Connection
+        self.length = length  # the body's length when Content-Length frames it (relayed without parsing)
+        self.chunked = chunked  # the router chunks the body for the client
+        self.until_close = until_close  # the backend ends the body by closing: its connection is not reused
+        self.keep_alive = keep_alive  # the client connection stays open after this response
+
+
+def response_framing(
+    info: ResponseHeaders, status: int, *, head_request: bool, http_minor: int, keep_alive: bool
+) -> Framing:
+    """The one framing rule (RFC 9112 6.3): no body for HEAD, 204 and 304; the backend's Content-Length when
+    it sent one without chunking; otherwise chunked to an HTTP/1.1 client, or closed after the body to 1.0.
+    `keep_alive`: whether the client connection may stay open as far as the request goes."""
+    length: int | None = None
+    chunked = until_close = False
+    if head_request or status in {204, 304}:
+        lines = b"" if info.content_length is None or status == 204 else b"Content-Length: %d\r\n" % info.content_length
+    elif info.content_length is not None and not info.chunked:
+        lines = b"Content-Length: %d\r\n" % info.content_length
+        length = info.content_length
+    else:
+        until_close = not info.chunked
+        if http_minor:
+            chunked = True
+            lines = b"Transfer-Encoding: chunked\r\n"
+        else:
+            lines = b""
+            keep_alive = False
+    if not keep_alive:
+        lines += b"Connection: close\r\n"
+    elif not http_minor:
+        lines += b"Connection: keep-alive\r\n"
+    return Framing(lines, length, chunked, until_close, keep_alive)

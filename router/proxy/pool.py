@@ -1,4 +1,5 @@
-"""Idle keep-alive connections to backends, per address. Sans-IO: it decides, the caller does the I/O.
+"""Idle keep-alive connections to backends, per address, and the one rule that says whether a connection may
+be reused. Sans-IO: it decides, the caller does the I/O.
 
 No method here awaits, reads a clock or closes a socket: time comes in as `now`, and connections the pool
 gives up on are returned to the caller to close. That keeps the bookkeeping testable with plain values.
@@ -7,6 +8,9 @@ Reuse is LIFO (the most recently used connection first: the one least likely to 
 backend), expiry takes the oldest first. Idle connections expire `idle_timeout_s` after their last use, which
 defaults below the common backend keep-alive timeouts (Node.js: 5 s) so the backend never closes a socket the
 router is about to reuse.
+
+Addresses DNS stopped listing are retired: their idle connections are handed back to close at once, and a
+busy one is closed when its response ends instead of returning here.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from __future__ import annotations
 from collections import deque
 from typing import Generic, Protocol, TypeVar
 
-Address = tuple[str, int]
+from router.discovery.cache import Address
 
 
 class Poolable(Protocol):
     def is_usable(self) -> bool: ...
+
+    def response_keeps_alive(self) -> bool: ...
 
 
 C = TypeVar("C", bound=Poolable)
@@ -30,6 +36,30 @@ class ConnectionPool(Generic[C]):
         # Bounds the sockets (and backend resources) one address can pin while idle.
         self.max_idle_per_address = max_idle_per_address
         self._idle: dict[Address, deque[tuple[float, C]]] = {}
+        # Addresses a DNS answer dropped, with when: their connections are closed instead of pooled.
+        self.retired: dict[Address, float] = {}
+
+    def may_reuse(self, address: Address, connection: C, *, request_whole: bool, framed_response: bool) -> bool:
+        """The one reuse rule: the request went out whole, the response ended by its framing (a length or the
+        last chunk, not the backend's close) with nothing after it, the backend did not ask to close, and
+        DNS still lists the address."""
+        return (
+            request_whole
+            and framed_response
+            and connection.response_keeps_alive()
+            and not (self.retired and address in self.retired)
+        )
+
+    def retire(self, addresses: set[Address], now: float) -> list[C]:
+        """DNS no longer lists `addresses`: their idle connections, for the caller to close now."""
+        for address in addresses:
+            self.retired[address] = now
+        return self.drain_addresses(only=addresses)
+
+    def forget_retired(self, before: float) -> None:
+        """Retired addresses whose last response must have ended by now."""
+        if self.retired:
+            self.retired = {address: at for address, at in self.retired.items() if at > before}
 
     def acquire(self, address: Address, now: float) -> C | None:
         """The most recently released usable connection to `address`, or None: then open a new one."""

@@ -24,7 +24,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from router.proxy.pool import Address
+from router.discovery.cache import Address
 
 
 class UpstreamFailure(enum.Enum):

@@ -1,0 +1,44 @@
+"""What a finished exchange leaves behind: its request metrics, its limit slot given back, its access-log line."""
+
+from __future__ import annotations
+
+import time
+
+from router.logs import AccessRecord
+from router.proxy.exchange import Exchange
+
+
+def record(exchange: Exchange, status: int) -> None:
+    """Count a finished (or abandoned) exchange, release its limit slot, and log it."""
+    state = exchange.state
+    duration = time.perf_counter() - exchange.started_at
+    state.metrics.request(state.metrics.label(exchange.deployment, exchange.resolved), status, duration)
+    if exchange.admitted:
+        exchange.admitted = False
+        state.limits.release(exchange.deployment)
+    if state.access_log is not None:
+        state.access_log.write(access_record(exchange, status, duration))
+
+
+def access_record(exchange: Exchange, status: int, duration_s: float) -> AccessRecord:
+    """The access-log values of one request, formatted off the loop. The path is logged without its query
+    string (tokens live there)."""
+    info = exchange.info
+    address = exchange.address
+    return AccessRecord(
+        time=time.time(),
+        request_id=exchange.request_id.decode(),
+        trace_id=info.trace_id.decode("latin-1") if info is not None and info.trace_id else None,
+        client_ip=exchange.conn.peer_ip.decode(),
+        method=exchange.method.decode("latin-1"),
+        deployment=exchange.deployment or None,
+        path=exchange.target.split(b"?", 1)[0].decode("latin-1"),
+        status=status,
+        bytes_in=exchange.body_received,
+        bytes_out=exchange.bytes_out,
+        duration_ms=round(duration_s * 1000, 3),
+        upstream=f"{address[0]}:{address[1]}" if address else None,
+        upstream_reused=exchange.reused if address else None,
+        dns=exchange.dns_result or None,
+        error=exchange.error_code or None,
+    )
