@@ -176,24 +176,54 @@ class ResponseHeaders:
         self.forwarded: list[bytes] = []  # name, b": ", value, b"\r\n" for each header forwarded
 
 
+# What a response header is to the router, by name. Common names are listed as backends spell them, so the
+# usual head needs no lower-casing; any other spelling is lower-cased and looked up again.
+_FORWARD, _DROP, _LENGTH, _CODING, _CONNECTION, _UPGRADE = range(6)
+_RESPONSE_NAME_KINDS: dict[bytes, int] = {name.lower(): _DROP for name in _RESPONSE_DROPPED}
+_RESPONSE_NAME_KINDS |= {b"content-length": _LENGTH, b"transfer-encoding": _CODING, b"connection": _CONNECTION}
+_RESPONSE_NAME_KINDS[b"upgrade"] = _UPGRADE
+_RESPONSE_NAME_KINDS |= {name.title(): kind for name, kind in _RESPONSE_NAME_KINDS.items()}
+_RESPONSE_NAME_KINDS[b"X-Request-ID"] = _DROP
+_COMMON_FORWARDED = (
+    b"Date", b"Server", b"Content-Type", b"ETag", b"Last-Modified", b"Cache-Control", b"Expires", b"Vary",
+    b"Set-Cookie", b"Location", b"Content-Encoding", b"Accept-Ranges", b"X-Powered-By", b"Pragma",
+    b"Access-Control-Allow-Origin", b"Strict-Transport-Security", b"X-Content-Type-Options", b"X-Frame-Options",
+)  # fmt: skip
+_RESPONSE_NAME_KINDS |= {spelling: _FORWARD for name in _COMMON_FORWARDED for spelling in (name, name.lower())}
+
+
+def _response_name_kind(name: bytes) -> int:
+    kind = _RESPONSE_NAME_KINDS.get(name)
+    if kind is not None:
+        return kind
+    lower = name.lower()
+    kind = _RESPONSE_NAME_KINDS.get(lower)
+    if kind is not None:
+        return kind
+    return _DROP if lower[:6] == b"proxy-" else _FORWARD
+
+
 def analyse_response(headers: list[tuple[bytes, bytes]]) -> ResponseHeaders:
     result = ResponseHeaders()
     forwarded = result.forwarded
     connection_tokens: set[bytes] | None = None
     for name, value in headers:
-        lower = name.lower()
-        if lower not in _RESPONSE_DROPPED and lower[:6] != b"proxy-":
-            forwarded += (name, b": ", value, b"\r\n")
-        elif lower == b"content-length":
+        kind = _response_name_kind(name)
+        if kind == _FORWARD:
+            forwarded.append(name)
+            forwarded.append(b": ")
+            forwarded.append(value)
+            forwarded.append(b"\r\n")
+        elif kind == _LENGTH:
             result.content_length = int(value)
-        elif lower == b"transfer-encoding":
+        elif kind == _CODING:
             result.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-        elif lower == b"connection":
+        elif kind == _CONNECTION:
             if value not in _PLAIN_CONNECTION:  # names headers to drop (rare): collect them
                 if connection_tokens is None:
                     connection_tokens = set()
                 connection_tokens.update(token.strip().lower() for token in value.split(b","))
-        elif lower == b"upgrade":
+        elif kind == _UPGRADE:
             result.upgrade = value
     if connection_tokens is not None:
         result.forwarded = _without_names(forwarded, connection_tokens - HOP_BY_HOP)

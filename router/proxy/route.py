@@ -7,10 +7,9 @@ refused before any lookup, so no crafted id can leave the namespace (`a.b`, `..`
 
 from __future__ import annotations
 
-import functools
 import re
 from enum import Enum
-from typing import NamedTuple
+from typing import Final
 
 PREFIX = b"/services/"
 HEALTH_PATH = b"/health"
@@ -26,29 +25,31 @@ class RouteKind(Enum):
     INVALID_ID = "invalid_deployment_id"
 
 
-class Route(NamedTuple):
-    kind: RouteKind
-    deployment: str | None = None
-    # PROXY: the upstream request target (`/<rest>?<query>`); REDIRECT: the Location value.
-    target: bytes = b""
+# (kind, deployment, target): for PROXY the upstream request target (`/<rest>?<query>`), for REDIRECT the
+# Location value. A plain tuple: the compiled build returns it without allocating.
+Route = tuple[RouteKind, str | None, bytes]
 
-
-NOT_FOUND = Route(RouteKind.NOT_FOUND)
-HEALTH = Route(RouteKind.HEALTH)
-INVALID_ID = Route(RouteKind.INVALID_ID)
-_new_route = tuple.__new__  # skips NamedTuple's Python-level __new__: one route is made per request
+NOT_FOUND: Final = (RouteKind.NOT_FOUND, None, b"")
+HEALTH: Final = (RouteKind.HEALTH, None, b"")
+INVALID_ID: Final = (RouteKind.INVALID_ID, None, b"")
 _ID_START = len(PREFIX)
+_IDS_KEPT = 4096
+_deployments: dict[bytes, str | None] = {}
 
 
-@functools.lru_cache(maxsize=4096)
 def deployment_of(raw_id: bytes) -> str | None:
     """The deployment named by `raw_id` (lower-cased), or None when it is not one DNS label.
-    Cached: a platform has far fewer deployments than requests, so the check runs once per id, and every
-    request for a deployment shares one string, whose hash every later dict lookup reuses. The bound keeps a
-    scan of random ids from growing it; such a scan only evicts."""
-    if _DEPLOYMENT_ID.fullmatch(raw_id) is None:
-        return None
-    return raw_id.decode("ascii").lower()
+    Remembered: a platform has far fewer deployments than requests, so the check runs once per id, and every
+    request for a deployment shares one string, whose hash every later dict lookup reuses. A full table is
+    emptied rather than grown, so a scan of random ids costs only re-checks. (A dict, not functools.lru_cache:
+    the compiled build looks a dict up inline, and calls a cache through Python.)"""
+    if raw_id in _deployments:
+        return _deployments[raw_id]
+    deployment = raw_id.decode("ascii").lower() if _DEPLOYMENT_ID.fullmatch(raw_id) is not None else None
+    if len(_deployments) >= _IDS_KEPT:
+        _deployments.clear()
+    _deployments[raw_id] = deployment
+    return deployment
 
 
 def parse_target(target: bytes) -> Route:
@@ -66,5 +67,5 @@ def parse_target(target: bytes) -> Route:
     if deployment is None:
         return INVALID_ID
     if end == len(target) or target[end] == 0x3F:  # no '/' after the id: `/services/<id>` or `/services/<id>?q`
-        return _new_route(Route, (RouteKind.REDIRECT, deployment, target[:end] + b"/" + target[end:]))
-    return _new_route(Route, (RouteKind.PROXY, deployment, target[end:]))
+        return RouteKind.REDIRECT, deployment, target[:end] + b"/" + target[end:]
+    return RouteKind.PROXY, deployment, target[end:]
