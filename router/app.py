@@ -20,15 +20,17 @@ import uvloop
 from prometheus_client import CollectorRegistry
 
 from router import __version__
+from router.access_log import AccessLog
 from router.admin import AdminServer
 from router.build import BUILD
 from router.discovery.resolver import DnsResolver
 from router.discovery.service import Discovery
-from router.logs import AccessLog, setup_logging
-from router.metrics import Gauges, Metrics, NullMetrics
+from router.logs import setup_logging
+from router.metrics import Gauges, Metrics, NullMetrics, register_process_metrics
 from router.proxy.client import ClientConnection
 from router.proxy.server import ServerState
 from router.settings import Settings
+from router.view import deployment_view, discovery_view, worker_views
 
 if TYPE_CHECKING:
     from router.supervisor import WorkerIdentity
@@ -79,6 +81,8 @@ class Router:
         self._ticker: asyncio.TimerHandle | None = None
         self._tick_s = tick_interval(settings)
         self.registry = CollectorRegistry()
+        if settings.metrics:
+            register_process_metrics(self.registry, __version__, BUILD)
         self.metrics = (
             Metrics(self.registry, settings.metrics_max_deployments) if settings.metrics else NullMetrics(self.registry)
         )
@@ -90,8 +94,8 @@ class Router:
         settings = self.settings
         self._resolver = DnsResolver(settings.resolvers, timeout_s=settings.dns_timeout_s, tries=settings.dns_tries)
         self._discovery = Discovery(settings, self._resolver.lookup_a, self._resolver.lookup_srv, clock=loop.time)
-        if settings.access_log == "json":
-            self.access_log = AccessLog()
+        if settings.access_log:
+            self.access_log = AccessLog(text=settings.log_format == "text")
         state = ServerState(settings, self._discovery, loop, self.metrics, self.access_log)
         self._discovery.on_removed = state.connector.retire
         self._discovery.on_query = self.metrics.dns_query_duration.observe
@@ -118,12 +122,22 @@ class Router:
         self._probe = loop.create_task(self._probe_resolver())
         if settings.admin_port:
             discovery = self._discovery
-            self.admin = AdminServer(settings, self.registry, lambda: state.draining, lambda: discovery.answered_once)
+            self.admin = AdminServer(
+                settings, self.registry, lambda: state.draining, lambda: discovery.answered_once, self._view
+            )
             await self.admin.start()
         if self._report_fd is not None:
             self._report, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(self._report_fd, "wb"))
             self.state.loop.call_later(REPORT_INTERVAL_S, self._send_report)
         log.info("router listening", extra={"port": self.port, "admin_port": settings.admin_port})
+
+    async def _view(self, deployment: str | None) -> dict[str, object]:
+        assert self.state is not None
+        return discovery_view(self.state) if deployment is None else deployment_view(self.state, deployment)
+
+    def send_views(self) -> None:
+        """The supervisor asks (SIGUSR1) what this worker's cache and pool hold, for its /discovery."""
+        self._send_report(views=True)
 
     async def _probe_resolver(self) -> None:
         """Until the resolver has answered once, ask it every second, so /ready needs no client traffic."""
@@ -132,7 +146,7 @@ class Router:
             log.warning("resolver not answering yet", extra={"resolvers": [str(r) for r in self.settings.resolvers]})
             await asyncio.sleep(1.0)
 
-    def _send_report(self) -> None:
+    def _send_report(self, views: bool = False) -> None:
         if self._report is None or self.state is None or self._discovery is None:
             return
         # The supervisor died (it was killed): its end of the pipe is closed and this process was re-parented.
@@ -142,13 +156,12 @@ class Router:
                 log.warning("supervisor gone, draining")
                 os.kill(os.getpid(), signal.SIGTERM)
             return
-        snapshot = {
-            "metrics": self.metrics.snapshot(),
-            "ready": self._discovery.answered_once,
-            "draining": self.state.draining,
-        }
-        self._report.write(json.dumps(snapshot, separators=(",", ":")).encode() + b"\n")
-        self.state.loop.call_later(REPORT_INTERVAL_S, self._send_report)
+        if views:  # on demand, between the periodic reports
+            report: dict[str, object] = {"views": worker_views(self.state)}
+        else:
+            report = {"metrics": self.metrics.snapshot(), "ready": self._discovery.answered_once}
+            self.state.loop.call_later(REPORT_INTERVAL_S, self._send_report)
+        self._report.write(json.dumps(report, separators=(",", ":")).encode() + b"\n")
 
     def _schedule_tick(self) -> None:
         assert self.state is not None
@@ -220,8 +233,18 @@ async def run(settings: Settings, worker: WorkerIdentity | None = None) -> int:
     # Before the listener opens: a SIGTERM during start-up must drain, not kill the process outright.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, log_reload_refused)
     router = Router(settings, reuse_port=worker is not None, report_fd=None if worker is None else worker.report_fd)
-    await router.start()
+    if worker is not None:
+        loop.add_signal_handler(signal.SIGUSR1, router.send_views)
+    try:
+        await router.start()
+    except OSError as error:  # the port is taken, the address is not this host's...
+        log.error(
+            "start-up failed", extra={"error": str(error), "port": settings.port, "admin_port": settings.admin_port}
+        )
+        await router.stop()
+        return 1
     # Everything allocated so far (modules, settings, the metric registry: ~40,000 objects) lives as long as
     # the process: frozen, it is out of the collector's sight, and a full collection under load scans only
     # what requests allocate (one took 32 ms, a stall for every request in flight, in a 30 s soak without).
@@ -233,6 +256,11 @@ async def run(settings: Settings, worker: WorkerIdentity | None = None) -> int:
         await drain
     await router.stop()
     return 0
+
+
+def log_reload_refused() -> None:
+    """SIGHUP, an Nginx operator's reload: nothing to reload, and no reason to die of it either."""
+    log.warning("SIGHUP ignored: settings come from flags and WHALERAY_* variables; restart the task to apply changes")
 
 
 def serve(settings: Settings, worker: WorkerIdentity | None = None) -> int:

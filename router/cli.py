@@ -1,8 +1,10 @@
 """The `whaleray-router` command: `serve` (the default) runs the router, `demo` runs the loopback demo,
-`--version` prints the version and which build (compiled or pure Python) is installed.
+`--version` prints the version and which build (compiled or pure Python) is installed, `--check` validates the
+settings without starting anything, `inspect <id>` asks a running router's admin port about one deployment.
 
 With `--workers` other than 1, `serve` runs the supervisor, which starts the workers with the same command
-line. Exit codes: 0 after a clean drain, 2 for bad settings, 1 when a second signal cuts the drain short.
+line. Exit codes: 0 after a clean drain, 2 for bad settings, 1 when start-up fails or a second signal cuts the
+drain short.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from router.settings import SettingsError, load_settings
+from router.settings import Settings, SettingsError, load_settings
 
 USAGE_ERROR = 2
 
@@ -22,6 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from router.demo.run import main as demo_main
 
         return demo_main(args[1:])
+    if args and args[0] == "inspect":
+        from router.inspector import main as inspect_main
+
+        return inspect_main(args[1:])
     if args and args[0] == "serve":
         args = args[1:]
     if "--version" in args:
@@ -29,11 +35,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(version_line())
         return 0
+    check = "--check" in args
     try:
         settings = load_settings(args)
     except SettingsError as error:
-        print(f"whaleray-router: error: {error}", file=sys.stderr)
+        for problem in error.problems:
+            print(f"whaleray-router: error: {problem}", file=sys.stderr)
         return USAGE_ERROR
+    if check:
+        print(f"whaleray-router: configuration ok: {check_summary(settings)}")
+        return 0
     from router.supervisor import supervise, worker_identity
 
     worker = worker_identity(os.environ)
@@ -42,3 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from router.app import serve
 
     return serve(settings, worker)
+
+
+def check_summary(settings: Settings) -> str:
+    """One line of what would run: `nginx -t`'s "syntax is ok", with the facts an operator checks first."""
+    workers = "auto" if settings.workers == 0 else str(settings.workers)
+    resolvers = ",".join(str(resolver) for resolver in settings.resolvers)
+    admin = f"admin {settings.admin_host}:{settings.admin_port}" if settings.admin_port else "admin off"
+    return (
+        f"listen {settings.host}:{settings.port}, {admin}, {workers} worker(s), "
+        f"<id>.{settings.namespace} via {resolvers} ({settings.discovery.upper()} records), "
+        f"backends on port {settings.upstream_port} in {','.join(map(str, settings.upstream_allow_cidrs))}"
+    )

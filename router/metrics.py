@@ -12,11 +12,13 @@ cannot grow memory or the scrape.
 
 from __future__ import annotations
 
+import platform
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -286,3 +288,26 @@ class NullMetrics(Metrics):
 
     def rejection(self, label: str, reason: str) -> None:
         return
+
+
+class BuildInfo(Collector):
+    """whaleray_build_info{version,python,build} 1: which router answers, for dashboards and incident notes."""
+
+    def __init__(self, registry: CollectorRegistry, version: str, build: str) -> None:
+        self.labels = [version, platform.python_version(), build]
+        registry.register(self)
+
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            "whaleray_build_info",
+            "The router's version, Python and build (compiled or pure).",
+            labels=["version", "python", "build"],
+        )
+        info.add_metric(self.labels, 1)
+        yield info
+
+
+def register_process_metrics(registry: CollectorRegistry, version: str, build: str) -> None:
+    """process_* (CPU, memory, descriptors of this process: with --workers, the supervisor's own) and the build."""
+    ProcessCollector(registry=registry)
+    BuildInfo(registry, version, build)

@@ -24,15 +24,18 @@ from prometheus_client import CollectorRegistry
 
 from router import __version__
 from router.admin import AdminServer
+from router.app import log_reload_refused
 from router.build import BUILD
 from router.cpus import available_cpus
 from router.logs import setup_logging
-from router.metrics import WorkerMetrics
+from router.metrics import WorkerMetrics, register_process_metrics
 from router.settings import Settings
+from router.view import merge_deployment, merge_lists
 
 log = logging.getLogger("router.supervisor")
 
 WORKER_ENV = "_WHALERAY_WORKER"  # not WHALERAY_*: no option reads it, and the settings check ignores it
+VIEW_WAIT_S = 2.0  # how long /discovery waits for the workers' answers
 MAX_REPORT_BYTES = 16 << 20  # bounds one worker report line (a full label set of histograms fits easily)
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 QUICK_DEATH_S = 10.0  # a worker that dies sooner than this after starting backs off further
@@ -65,6 +68,8 @@ class Worker:
     failures: int = 0
     ready: bool = False
     reader: asyncio.Task[None] | None = field(default=None, repr=False)
+    views: dict[str, Any] | None = field(default=None, repr=False)  # its answer to the last SIGUSR1
+    views_arrived: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
 
 class Supervisor:
@@ -73,6 +78,8 @@ class Supervisor:
         self.argv = list(argv)
         self.workers = [Worker(index) for index in range(count)]
         self.registry = CollectorRegistry()
+        if settings.metrics:
+            register_process_metrics(self.registry, __version__, BUILD)
         self.metrics = WorkerMetrics(self.registry, settings.metrics_max_deployments)
         self.draining = False
         self._admin: AdminServer | None = None
@@ -84,7 +91,7 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         if self.settings.admin_port:
-            self._admin = AdminServer(self.settings, self.registry, lambda: self.draining, self.ready)
+            self._admin = AdminServer(self.settings, self.registry, lambda: self.draining, self.ready, self.view)
             await self._admin.start()
         stop = asyncio.Event()
         signals = 0
@@ -104,6 +111,7 @@ class Supervisor:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, log_reload_refused)
         for worker in self.workers:
             self._spawn_later(worker, 0.0)
         await stop.wait()
@@ -151,12 +159,35 @@ class Supervisor:
         try:
             while line := await reader.readline():
                 report: dict[str, Any] = json.loads(line)
+                if "views" in report:
+                    worker.views = report["views"]
+                    worker.views_arrived.set()
+                    continue
                 self.metrics.update(worker.index, report["metrics"])
                 worker.ready = bool(report["ready"])
         except (ValueError, asyncio.LimitOverrunError):
             log.exception("unreadable report from a worker", extra={"worker": worker.index})
         finally:
             transport.close()
+
+    async def view(self, deployment: str | None) -> dict[str, object]:
+        """/discovery for the whole task: each worker is asked (SIGUSR1) and answers on its report pipe."""
+        asked = [worker for worker in self.workers if worker.process is not None and worker.process.returncode is None]
+        for worker in asked:
+            worker.views_arrived.clear()
+            assert worker.process is not None
+            worker.process.send_signal(signal.SIGUSR1)
+        waits = [asyncio.create_task(worker.views_arrived.wait()) for worker in asked]
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=VIEW_WAIT_S)
+            for task in late:
+                task.cancel()  # a worker that did not answer in time (restarting, stuck) is left out
+        views = [worker.views for worker in asked if worker.views_arrived.is_set() and worker.views is not None]
+        if deployment is None:
+            return merge_lists([view["list"] for view in views])
+        return merge_deployment(
+            [view["deployments"].get(deployment, {"state": "missing"}) for view in views], deployment
+        )
 
     async def _drain(self) -> int:
         self.draining = True

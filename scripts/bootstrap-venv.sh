@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv with the project and its dev extras. On Debian, `python3 -m venv` needs the python3-venv
+# Create .venv with the project: `bootstrap-venv.sh` installs what the router needs to run (make demo),
+# `bootstrap-venv.sh dev` adds the development tools (make test). On Debian, `python3 -m venv` needs the python3-venv
 # package (ensurepip); install it when it is missing and we may (root, apt-get), else say what to do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,4 +26,5 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # The development install is pure Python, so that edits take effect at once; `make compiled` builds the
 # compiled data plane in place when wanted (`make test` does, and removes it again).
-WHALERAY_PURE_PYTHON=1 .venv/bin/python -m pip install --quiet -e '.[dev]'
+EXTRAS="${1:+[$1]}"
+WHALERAY_PURE_PYTHON=1 .venv/bin/python -m pip install --quiet -e ".${EXTRAS}"

@@ -1,6 +1,6 @@
-"""Print the README's configuration table from the option table in router/settings.py."""
+"""Print the README's configuration table from the option table in router/options.py."""
 
-from router.settings import OPTIONS
+from router.options import OPTIONS
 
 print("| flag | variable | default | what it does |")
 print("|---|---|---|---|")

@@ -142,9 +142,9 @@ async def test_access_log_lines_are_json_with_every_field(
     )
     assert "secret" not in json.dumps(first)  # no query string by default
     assert first["bytes_in"] == 5
-    assert first["bytes_out"] > 0
+    assert first["bytes_sent"] > 0
     assert first["duration_ms"] >= 0
-    assert first["upstream"] == f"127.0.0.2:{router.upstream_port}"
+    assert first["upstream_addr"] == f"127.0.0.2:{router.upstream_port}"
     assert first["upstream_reused"] is False
     assert first["dns"] == "miss"
     assert first["error"] is None

@@ -16,7 +16,7 @@ from aiohttp import web
 from router import __version__
 from router.build import BUILD
 from router.demo.dns import DemoDnsServer
-from router.settings import OPTIONS
+from router.options import OPTIONS
 from tests.conftest import BackendFactory, RouterProcess, read_response, slow_app
 
 MiB = 1 << 20
@@ -61,7 +61,7 @@ async def test_start_up_log_names_the_build(router_process: StartRouter) -> None
 def test_bad_value_exits_2_naming_the_setting() -> None:
     result = run_cli("--port", "99999")
     assert result.returncode == 2
-    assert "--port='99999': must be 0-65535" in result.stderr
+    assert "--port='99999': must be a port, 0-65535" in result.stderr
 
 
 def test_bad_environment_value_names_the_variable() -> None:

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from router.errors import ERRORS
-from router.settings import OPTIONS, Resolver, SettingsError, default_resolvers, load_settings
+from router.options import OPTIONS, Resolver, default_resolvers
+from router.settings import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults() -> None:
-    settings = load_settings([], environ={"WHALERAY_RESOLVERS": "169.254.169.253"})
+    settings = load_settings([], environ={"WHALERAY_RESOLVER": "169.254.169.253"})
     assert settings.port == 8080
     assert settings.host == "0.0.0.0"
     assert settings.namespace == "whaleray.local"
@@ -63,11 +64,11 @@ def test_sizes_and_durations() -> None:
 )
 def test_bad_values_are_refused_with_the_flag_named(argv: list[str], message: str) -> None:
     with pytest.raises(SettingsError, match=message.replace("[", r"\[").replace(".", r"\.")):
-        load_settings(argv, environ={"WHALERAY_RESOLVERS": "10.0.0.2"})
+        load_settings(argv, environ={"WHALERAY_RESOLVER": "10.0.0.2"})
 
 
 def test_settings_are_frozen() -> None:
-    settings = load_settings([], environ={"WHALERAY_RESOLVERS": "10.0.0.2"})
+    settings = load_settings([], environ={"WHALERAY_RESOLVER": "10.0.0.2"})
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.port = 1  # type: ignore[misc]
 
@@ -79,7 +80,7 @@ def test_default_resolvers_come_from_resolv_conf(tmp_path: Path) -> None:
 
 
 def test_summary_is_plain_json_values() -> None:
-    summary = load_settings([], environ={"WHALERAY_RESOLVERS": "10.0.0.2"}).summary()
+    summary = load_settings([], environ={"WHALERAY_RESOLVER": "10.0.0.2"}).summary()
     assert summary["resolvers"] == ["10.0.0.2:53"]
     assert summary["upstream_allow_cidrs"] == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
 

@@ -13,16 +13,16 @@ from hypothesis import strategies as st
 from benchmarks.hotpath import HotPath
 from benchmarks.proxies import REFERENCE_CONF, adapt_reference
 from benchmarks.results import Result, medians, tables
+from router.access_log import ACCESS_FIELDS, AccessRecord, format_json, format_text
 from router.discovery.balancer import Balancer
 from router.discovery.budget import QueryBudget
 from router.discovery.cache import DnsCache, EntryKind
 from router.discovery.resolver import SrvTarget
 from router.discovery.service import address_allowed, plan_srv
-from router.logs import ACCESS_FIELDS, AccessRecord, format_access
+from router.options import _cidrs
 from router.proxy.headers import HeaderError, analyse_request, analyse_response, upstream_head
 from router.proxy.pool import ConnectionPool
 from router.proxy.route import RouteKind, parse_target
-from router.settings import _cidrs
 
 # --- route ---------------------------------------------------------------------------------------------------
 
@@ -373,29 +373,34 @@ def test_srv_plan_with_zero_weights_spreads_evenly() -> None:
 # --- access log format ------------------------------------------------------------------------------------
 
 
+def _access_record() -> AccessRecord:
+    return AccessRecord(
+        time=0.0, request_id="rid", trace_id='Root=1-"x"\\\n', traceparent="00-ab-cd-01", client_ip="10.0.0.1",
+        x_forwarded_for="203.0.113.9", user_agent='curl/8 "q"\x1b', method="GET", deployment="dep",
+        path='/a"b\\c\x00\xff', status=200, bytes_in=1, bytes_sent=2, duration_ms=0.5, upstream_addr="10.0.0.2:3000",
+        upstream_reused=False, upstream_connect_ms=0.25, upstream_header_ms=0.125, dns="hit", error=None,
+    )  # fmt: skip
+
+
 def test_access_lines_are_json_whatever_the_path_and_trace_id() -> None:
-    values = AccessRecord(
-        0.0,
-        "rid",
-        'Root=1-"x"\\\n',
-        "10.0.0.1",
-        "GET",
-        "dep",
-        '/a"b\\c\x00\xff',
-        200,
-        1,
-        2,
-        0.5,
-        "10.0.0.2:3000",
-        True,
-        "hit",
-        None,
-    )
-    line = json.loads(format_access("2026-01-01T00:00:00Z", values))
+    line = json.loads(format_json("2026-01-01T00:00:00.000Z", _access_record()))
     assert list(line) == ["time", "type", *ACCESS_FIELDS[1:]]
     assert line["path"] == '/a"b\\c\x00\xff'
     assert line["trace_id"] == 'Root=1-"x"\\\n'
-    assert (line["upstream_reused"], line["error"], line["deployment"]) == (True, None, "dep")
+    assert line["user_agent"] == 'curl/8 "q"\x1b'
+    assert (line["upstream_reused"], line["error"], line["deployment"]) == (False, None, "dep")
+    assert (line["upstream_connect_ms"], line["upstream_header_ms"]) == (0.25, 0.125)
+
+
+def test_text_access_lines_read_like_nginx_combined_and_escape_what_clients_send() -> None:
+    line = format_text("2026-01-01T00:00:00.000Z", _access_record())
+    assert line.startswith('10.0.0.1 - - [2026-01-01T00:00:00.000Z] "GET /a\\"b\\\\c\\u0000\\u00ff" 200 2 "-" ')
+    assert '"curl/8 \\"q\\"\\u001b"' in line
+    assert "\x1b" not in line
+    assert "\n" not in line
+    assert line.endswith(
+        "rt=0.5 deployment=dep upstream=10.0.0.2:3000 uct=0.25 uht=0.125 dns=hit error=- request_id=rid"
+    )
 
 
 # --- the hot path, in memory (benchmarks/hotpath.py) -------------------------------------------------------

@@ -109,7 +109,7 @@ run "runs_the_router_as_task_definition_json_says" {
     error_message = "the proxy port 8080 on a dynamic host port (bridge)"
   }
   assert {
-    condition     = output.router_container_definition.environment[index(output.router_container_definition.environment[*].name, "WHALERAY_RESOLVERS")].value == "169.254.169.253"
+    condition     = output.router_container_definition.environment[index(output.router_container_definition.environment[*].name, "WHALERAY_RESOLVER")].value == "169.254.169.253"
     error_message = "the router resolves through the VPC resolver"
   }
   assert {

@@ -26,24 +26,28 @@ BACKENDS = {"127.0.0.2": "hello-backend", "127.0.0.3": "api-backend", "127.0.0.4
 DEPLOYMENTS = {"hello": ["127.0.0.2"], "api": ["127.0.0.3"], "multi": ["127.0.0.3", "127.0.0.4"]}
 
 
-def try_these(port: int, admin_port: int) -> str:
-    base = f"http://127.0.0.1:{port}"
-    return "\n".join(
-        [
-            "WhaleRay Router demo is up. Try:",
-            f"  curl -s {base}/services/hello/api/users?page=2        # routed to hello-backend",
-            f"  curl -s {base}/services/api/orders/42                 # routed to api-backend",
-            f"  for i in 1 2 3 4; do curl -s {base}/services/multi/; echo; done   # spread over two backends",
-            f"  curl -s '{base}/services/hello/a%2Fb'                 # %2F reaches the backend undecoded",
-            f"  curl -si {base}/services/hello                        # 308 to /services/hello/",
-            f"  curl -si {base}/nope                                  # 404",
-            f"  curl -si {base}/services/bad_id/                      # 400 invalid_deployment_id",
-            f"  curl -si {base}/services/ghost/                       # 502 deployment_not_found",
-            f"  curl -sN {base}/services/hello/stream                 # server-sent events, as they come",
-            f"  curl -s  {base}/health   and   http://127.0.0.1:{admin_port}/ready",
-            "Ctrl-C stops everything.",
-        ]
-    )
+def try_these(port: int, admin_port: int) -> list[str]:
+    """The commands the banner prints; the README lists the same ones (a test holds them together)."""
+    base, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+    return [
+        f"curl -s {base}/services/hello/api/users?page=2        # routed to hello-backend",
+        f"curl -s {base}/services/api/orders/42                 # routed to api-backend",
+        f"for i in 1 2 3 4; do curl -s {base}/services/multi/; echo; done   # spread over two backends",
+        f"curl -s '{base}/services/hello/a%2Fb'                 # %2F reaches the backend undecoded",
+        f"curl -si {base}/services/hello                        # 308 to /services/hello/",
+        f"curl -si {base}/nope                                  # 404",
+        f"curl -si {base}/services/bad_id/                      # 400 invalid_deployment_id",
+        f"curl -si {base}/services/ghost/                       # 502 deployment_not_found",
+        f"curl -sN {base}/services/hello/stream                 # server-sent events, as they come",
+        f"curl -s {base}/health; curl -s {admin}/ready          # the load balancer's and ECS's probes",
+        f"curl -s {admin}/discovery/multi                       # the router's view of one deployment",
+        f"whaleray-router inspect multi --admin-port {admin_port}               # the same, as a table",
+    ]
+
+
+def banner(port: int, admin_port: int) -> str:
+    lines = ["WhaleRay Router demo is up. Try:", *("  " + line for line in try_these(port, admin_port))]
+    return "\n".join([*lines, "Ctrl-C stops everything."])
 
 
 async def run_demo(dns_port: int, port: int, admin_port: int) -> None:
@@ -75,7 +79,7 @@ async def run_demo(dns_port: int, port: int, admin_port: int) -> None:
     )
     router = Router(settings)
     await router.start()
-    print(try_these(router.port, admin_port), flush=True)
+    print(banner(router.port, admin_port), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -15,6 +15,7 @@ Nothing here awaits or reads a clock: every method takes `now`, so a test drives
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from enum import Enum
 
@@ -105,6 +106,11 @@ class DnsCache:
     def peek(self, name: str) -> Entry | None:
         """The entry for `name`, fresh or not, without touching the LRU order (introspection)."""
         return self._entries.get(name) or self._negative.get(name)
+
+    def names(self, limit: int) -> list[str]:
+        """Up to `limit` cached names, known deployments first, each group least recently used first."""
+        known = list(itertools.islice(self._entries, limit))
+        return known + list(itertools.islice(self._negative, limit - len(known)))
 
     def needs_refresh(self, entry: Entry, now: float) -> bool:
         """A positive entry in use past its refresh point, with no refresh under way."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import aiodns
 import pycares
 
-from router.settings import Resolver
+from router.options import Resolver
 
 # c-ares status codes that mean "the name has no A records", as opposed to "could not get an answer".
 _NOT_FOUND_STATUSES = frozenset({pycares.errno.ARES_ENOTFOUND, pycares.errno.ARES_ENODATA})

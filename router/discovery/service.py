@@ -25,7 +25,8 @@ from router.discovery.budget import QueryBudget
 from router.discovery.cache import Address, DnsCache, Entry, EntryKind
 from router.discovery.resolver import Answer, NameNotFound, ResolverFailure, SrvAnswer, SrvTarget
 from router.errors import RouterError
-from router.settings import Network, Settings
+from router.options import Network
+from router.settings import Settings
 
 log = logging.getLogger("router.discovery")
 
@@ -217,7 +218,7 @@ class Discovery:
     async def _answer(self, deployment: str) -> Entry:
         self.stats.queries += 1
         name = self._prefix + deployment + self._suffix
-        started = self._clock()
+        started = time.perf_counter()  # the histogram's buckets start below a millisecond, uvloop's clock's tick
         try:
             if self._srv_lookup is not None:
                 srv = await self._srv_lookup(name)
@@ -227,15 +228,15 @@ class Discovery:
                 found, ttl_s = tuple((host, self._port) for host in answer.hosts), answer.ttl_s
         except NameNotFound:
             self.answered_once = True
-            self.on_query(self._clock() - started)
+            self.on_query(time.perf_counter() - started)
             self._forget(deployment, ())
             return self.cache.store_negative(deployment, self._clock())
         except ResolverFailure as error:
-            self.on_query(self._clock() - started)
+            self.on_query(time.perf_counter() - started)
             return self._on_failure(deployment, str(error))
         self.answered_once = True
+        self.on_query(time.perf_counter() - started)
         now = self._clock()
-        self.on_query(now - started)
         allowed = tuple(address for address in found if address_allowed(address[0], self._allowed))
         if not allowed:
             self.stats.forbidden += 1

@@ -14,6 +14,7 @@ from typing import cast
 
 import httptools
 
+from router.discovery.cache import Address
 from router.proxy import dispatch, telemetry
 from router.proxy.client_side import (
     PAUSE_CLIENT_FULL,
@@ -118,8 +119,7 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
         if self._raw_body:
             self._relay_body(data)
             return
-        reading_head = self._parsing is None or not self._parsing.head_done
-        if reading_head:
+        if self._parsing is None or not self._parsing.head_done:
             self._head_pending += len(data)
         try:
             parser.feed_data(data)
@@ -132,13 +132,10 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
         except httptools.HttpParserError:
             self._on_parse_error("bad_request")
             return
-        if (
-            self._parsing is not None
-            and not self._parsing.head_done
-            and self._head_pending > self.state.settings.max_header_bytes
-        ):
+        parsing = self._parsing
+        if parsing is not None and not parsing.head_done and self._head_pending > self.state.settings.max_header_bytes:
             self._on_parse_error("headers_too_large")
-        elif self._body_left > 0 and self._parsing is not None and self._parser is parser:
+        elif self._body_left > 0 and parsing is not None and self._parser is parser:
             self._raw_body = True  # the head is parsed and part of the body still to come: skip the parser
 
     def _relay_body(self, data: bytes) -> None:
@@ -408,8 +405,9 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
         else:
             self.close()
 
-    def waits_on_backend(self) -> bool:
-        return self._active is not None and self._active.upstream is not None
+    def lent_address(self) -> Address | None:
+        active = self._active
+        return active.address if active is not None and active.upstream is not None else None
 
     def close_if_idle(self) -> None:
         if self._active is None and not self._queue and self._parsing is None:

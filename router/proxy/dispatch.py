@@ -34,7 +34,8 @@ def start(exchange: Exchange) -> None:
         exchange.deployment = deployment or ""
         exchange.upstream_target = target
         _start_proxy(exchange)
-    elif kind is RouteKind.HEALTH:
+    elif kind is RouteKind.HEALTH:  # the load balancer's probe, not a request of any deployment
+        exchange.counted = False
         exchange.respond_local(503, DRAINING) if state.draining else exchange.respond_local(200, HEALTHY)
     elif kind is RouteKind.REDIRECT:
         exchange.deployment = deployment or ""

@@ -1,18 +1,10 @@
 """One request and its response: `Exchange`, from the client's parsed head to the last response byte.
 
-An exchange routes its request, resolves the deployment, admits it past the per-deployment limits, borrows a
-backend connection (connector.py), writes the request head and streams the body, then relays the response as
-the backend connection's `ResponseSink`. The common case (DNS answer cached, idle pooled connection) runs
-synchronously inside the client's parser callback; only a cache miss or a new connection takes a task.
-
-It talks to its client connection only through `ClientSide` (client_side.py); client.py drives it through
-its public methods and dispatch.py starts it.
-
-Rules kept here:
-- A request that fails on a reused connection before any response byte is retried once on a fresh connection
-  when replaying it is safe (idempotent method, the whole request still held).
-- Bodies stream with back-pressure: a full backend write buffer pauses reading from the client.
-- What the router holds of a body before a backend takes it, and what it keeps to replay, is bounded.
+dispatch.py starts it and hands it a backend connection; it writes the request head and streams the body with
+back-pressure, then relays the response as the backend connection's `ResponseSink`. It reaches its client only
+through `ClientSide` (client_side.py). What it holds of a body before a backend takes it, and keeps to replay,
+is bounded. A request that fails on a reused connection before any response byte is retried once on a fresh
+one when replaying it is safe (idempotent method, the whole request still held).
 """
 
 from __future__ import annotations
@@ -58,7 +50,8 @@ class Exchange:
         "body_received", "pending", "pending_bytes", "upstream", "address", "reused", "retried", "replay",
         "replay_bytes", "response_started", "response_chunked", "response_until_close", "close_after",
         "finished", "task", "upstream_deadline", "upstream_write_paused_at", "tunnel", "continue_sent",
-        "started_at", "status", "bytes_out", "dns_result", "error_code", "admitted", "resolved",
+        "started_at", "status", "bytes_out", "dns_result", "error_code", "admitted", "resolved", "counted",
+        "connect_s", "sent_at", "header_s",
     )  # fmt: skip
 
     def __init__(self, conn: ClientSide, state: ServerState) -> None:
@@ -103,6 +96,10 @@ class Exchange:
         self.error_code = ""
         self.admitted = False  # holds a slot of --deployment-max-inflight
         self.resolved = False  # reached a positive DNS answer: the deployment earns its own metric label
+        self.counted = True  # in whaleray_requests; not a /health probe
+        self.connect_s = 0.0  # the backend connection's connect time, when opened for this request
+        self.sent_at = 0.0  # with the access log on: when the request's head was sent (perf_counter)
+        self.header_s = 0.0  # and how long the response's head took from there
 
     # --- the request head ----------------------------------------------------------------------------------
 
@@ -165,6 +162,9 @@ class Exchange:
         self.upstream = upstream
         self.address = address
         self.reused = reused
+        self.connect_s = upstream.connect_s
+        if self.state.access_log is not None:  # two clock reads a request, for the log only
+            self.sent_at = time.perf_counter()
         upstream.lend(self, head_request=self.method == b"HEAD")
         if self.replay is not None:  # a retry: send again what the stale connection swallowed
             parts = self.replay + self.pending
@@ -257,6 +257,8 @@ class Exchange:
                 info = analyse_response(headers)
                 self.conn.write(b"".join((b"HTTP/1.1 %d %s\r\n" % (status, reason), *info.forwarded, b"\r\n")))
             return None
+        if self.sent_at:
+            self.header_s = time.perf_counter() - self.sent_at
         info = analyse_response(headers)
         if status == 101:
             self._switch_protocols(status, reason, info)
@@ -426,8 +428,9 @@ class Exchange:
         self.close_after = close
         connection = b"Connection: close\r\n" if close else (b"" if self.http_minor else b"Connection: keep-alive\r\n")
         content_type = b"Content-Type: application/json\r\n" if body else b""
-        head = b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\nX-Request-Id: %s\r\n%s%s\r\n" % (
-            status, reason_phrase(status), content_type, len(body), self.request_id or b"-", extra, connection,
+        head = b"HTTP/1.1 %d %s\r\nDate: %s\r\n%sContent-Length: %d\r\nX-Request-Id: %s\r\n%s%s\r\n" % (
+            status, reason_phrase(status), state.http_date(), content_type, len(body), self.request_id or b"-", extra,
+            connection,
         )  # fmt: skip
         self.response_started = True
         self.status = status

@@ -12,13 +12,16 @@ through exchange.py to client.py; connector.py and pool.py lend and take back ba
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import os
+import time
 
 from mypy_extensions import trait
 
+from router.access_log import AccessLog
+from router.discovery.cache import Address
 from router.discovery.service import Discovery
 from router.limits import DeploymentLimits
-from router.logs import AccessLog
 from router.metrics import Metrics
 from router.proxy.connector import Connector
 from router.settings import Settings
@@ -32,8 +35,8 @@ class Connection:
 
     def close_if_idle(self) -> None: ...
 
-    def waits_on_backend(self) -> bool:
-        raise NotImplementedError
+    def lent_address(self) -> Address | None:
+        """The address of the backend connection lent to this connection's request, if any."""
 
     def abort(self) -> None: ...
 
@@ -64,11 +67,20 @@ class ServerState:
         self.inflight = 0
         self._request_id_prefix = os.urandom(6).hex().encode()
         self._request_counter = 0
+        self._date_second = 0
+        self._date = b""
 
     def next_request_id(self) -> bytes:
         """Unique per process without a syscall per request: a random prefix and a counter."""
         self._request_counter += 1
         return b"%s%010x" % (self._request_id_prefix, self._request_counter)
+
+    def http_date(self) -> bytes:
+        """The `Date` value of the responses the router makes itself (RFC 9110 6.6.1), formatted once a second."""
+        second = int(time.time())
+        if second != self._date_second:
+            self._date_second, self._date = second, email.utils.formatdate(second, usegmt=True).encode()
+        return self._date
 
     def tick(self) -> None:
         now = self.loop.time()
@@ -79,7 +91,11 @@ class ServerState:
 
     def upstream_active(self) -> int:
         """Backend connections lent to a request right now."""
-        return sum(1 for connection in self.connections if connection.waits_on_backend())
+        return len(self.lent_addresses())
+
+    def lent_addresses(self) -> list[Address]:
+        """The address of every backend connection lent to a request right now (introspection)."""
+        return [address for connection in self.connections if (address := connection.lent_address()) is not None]
 
     def close_idle_clients(self) -> None:
         for connection in list(self.connections):

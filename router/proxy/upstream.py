@@ -65,6 +65,7 @@ class UpstreamConnection(asyncio.Protocol):
     """A backend connection; `sink` is set while an exchange borrows it and None while idle in the pool."""
 
     __slots__ = (
+        "connect_s",
         "address",
         "transport",
         "sink",
@@ -101,6 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
         max_head_lines: int = 200,
     ) -> None:
         self.address = address
+        self.connect_s = 0.0  # how long opening it took (connector.py sets it): for the access log
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
         self.requests_served = 0
