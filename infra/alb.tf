@@ -65,6 +65,8 @@ resource "aws_lb_target_group" "router" {
   vpc_id               = local.vpc_id
   target_type          = var.router_network_mode == "bridge" ? "instance" : "ip"
   deregistration_delay = var.deregistration_delay
+  # A new task's DNS cache is empty and fills at --dns-max-qps: its share of traffic grows over this time.
+  slow_start = var.router_slow_start
   health_check {
     path                = "/health"
     matcher             = "200"

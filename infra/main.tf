@@ -85,16 +85,20 @@ resource "aws_internet_gateway" "this" {
   tags   = local.tags
 }
 
+locals {
+  nat_gateways = var.create_vpc ? (var.nat_gateway_per_zone ? 2 : 1) : 0
+}
+
 resource "aws_eip" "nat" {
-  count  = var.create_vpc ? 1 : 0
+  count  = local.nat_gateways
   domain = "vpc"
   tags   = local.tags
 }
 
 resource "aws_nat_gateway" "this" {
-  count         = var.create_vpc ? 1 : 0
-  allocation_id = aws_eip.nat[0].id
-  subnet_id     = aws_subnet.public[0].id
+  count         = local.nat_gateways
+  allocation_id = aws_eip.nat[count.index].id
+  subnet_id     = aws_subnet.public[count.index].id
   tags          = local.tags
 }
 
@@ -108,12 +112,13 @@ resource "aws_route_table" "public" {
   tags = local.tags
 }
 
+# One route table per private subnet, each through the NAT gateway of its own zone when there is one per zone.
 resource "aws_route_table" "private" {
-  count  = var.create_vpc ? 1 : 0
+  count  = var.create_vpc ? 2 : 0
   vpc_id = aws_vpc.this[0].id
   route {
     cidr_block     = "0.0.0.0/0"
-    nat_gateway_id = aws_nat_gateway.this[0].id
+    nat_gateway_id = aws_nat_gateway.this[min(count.index, local.nat_gateways - 1)].id
   }
   tags = local.tags
 }
@@ -127,7 +132,7 @@ resource "aws_route_table_association" "public" {
 resource "aws_route_table_association" "private" {
   count          = var.create_vpc ? 2 : 0
   subnet_id      = aws_subnet.private[count.index].id
-  route_table_id = aws_route_table.private[0].id
+  route_table_id = aws_route_table.private[count.index].id
 }
 
 # --- Cloud Map ---------------------------------------------------------------------------------------------
@@ -141,8 +146,17 @@ resource "aws_service_discovery_private_dns_namespace" "this" {
 
 # --- ECS cluster on EC2 -------------------------------------------------------------------------------------
 
+# ECS creates services through this role; an account that never used ECS does not have it yet, and the first
+# service would fail to create. Accounts that have it set create_ecs_service_linked_role = false.
+resource "aws_iam_service_linked_role" "ecs" {
+  count            = var.create_ecs_service_linked_role ? 1 : 0
+  aws_service_name = "ecs.amazonaws.com"
+  description      = "ECS, for the WhaleRay cluster's services"
+}
+
 resource "aws_ecs_cluster" "this" {
-  name = "${var.name}-cluster"
+  name       = "${var.name}-cluster"
+  depends_on = [aws_iam_service_linked_role.ecs]
   setting {
     name  = "containerInsights"
     value = "enabled"
@@ -225,3 +239,4 @@ resource "aws_ecs_cluster_capacity_providers" "this" {
     weight            = 1
   }
 }
+

@@ -3,14 +3,16 @@ output "alb_dns_name" {
   value       = aws_lb.this.dns_name
 }
 
+# Both wait for the capacity provider's association with the cluster: a service created from them before it
+# fails ("capacity provider is not associated with the cluster").
 output "cluster_name" {
   description = "The ECS cluster."
-  value       = aws_ecs_cluster.this.name
+  value       = aws_ecs_cluster_capacity_providers.this.cluster_name
 }
 
 output "capacity_provider_name" {
   description = "The EC2 capacity provider deployments should use."
-  value       = aws_ecs_capacity_provider.this.name
+  value       = one(aws_ecs_cluster_capacity_providers.this.capacity_providers)
 }
 
 output "namespace_id" {
@@ -46,4 +48,34 @@ output "router_service_name" {
 output "router_container_definition" {
   description = "The router's rendered container definition (what task-definition.json becomes)."
   value       = local.router_container
+}
+
+output "alb_arn" {
+  description = "The ALB, to attach a WAF web ACL or more listeners from outside."
+  value       = aws_lb.this.arn
+}
+
+output "alb_security_group_id" {
+  description = "The ALB's security group."
+  value       = aws_security_group.alb.id
+}
+
+output "http_listener_arn" {
+  description = "The port-80 listener (forwards, or redirects to HTTPS when a certificate is given)."
+  value       = aws_lb_listener.http.arn
+}
+
+output "https_listener_arn" {
+  description = "The port-443 listener, when a certificate is given; null otherwise."
+  value       = one(aws_lb_listener.https[*].arn)
+}
+
+output "router_target_group_arn" {
+  description = "The routers' target group."
+  value       = aws_lb_target_group.router.arn
+}
+
+output "router_tasks_security_group_id" {
+  description = "With router_network_mode = awsvpc: the router tasks' security group (backends must admit it); null in bridge mode, where the instances' group is the one."
+  value       = one(aws_security_group.router_tasks[*].id)
 }

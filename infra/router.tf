@@ -69,6 +69,11 @@ resource "aws_ecs_service" "router" {
     capacity_provider = aws_ecs_capacity_provider.this.name
     weight            = 1
   }
+  # Zones first, so one instance or one zone never holds every router; then pack by memory.
+  ordered_placement_strategy {
+    type  = "spread"
+    field = "attribute:ecs.availability-zone"
+  }
   ordered_placement_strategy {
     type  = "binpack"
     field = "memory"

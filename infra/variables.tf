@@ -2,6 +2,12 @@ variable "name" {
   description = "Prefix of every resource name."
   type        = string
   default     = "whaleray"
+  validation {
+    # The longest name built from it is the target group's "<name>-router", and target group names are at most
+    # 32 characters of letters, digits and hyphens.
+    condition     = can(regex("^[a-z0-9]([a-z0-9-]{0,23}[a-z0-9])?$", var.name))
+    error_message = "name must be 1-25 lower-case letters, digits or hyphens (not at either end): the target group \"<name>-router\" may have at most 32 characters."
+  }
 }
 
 variable "tags" {
@@ -29,6 +35,10 @@ variable "vpc_id" {
   description = "Existing VPC (when create_vpc is false)."
   type        = string
   default     = null
+  validation {
+    condition     = var.create_vpc || can(regex("^vpc-[0-9a-f]+$", var.vpc_id))
+    error_message = "No network: set create_vpc = true, or vpc_id (vpc-...) with public_subnet_ids and private_subnet_ids, two of each in two zones."
+  }
 }
 
 variable "public_subnet_ids" {
@@ -36,6 +46,10 @@ variable "public_subnet_ids" {
   type        = list(string)
   default     = []
   nullable    = false
+  validation {
+    condition     = var.create_vpc || length(var.public_subnet_ids) >= 2
+    error_message = "public_subnet_ids needs at least two subnets in two zones for the ALB (or set create_vpc = true)."
+  }
 }
 
 variable "private_subnet_ids" {
@@ -43,6 +57,10 @@ variable "private_subnet_ids" {
   type        = list(string)
   default     = []
   nullable    = false
+  validation {
+    condition     = var.create_vpc || length(var.private_subnet_ids) >= 2
+    error_message = "private_subnet_ids needs at least two subnets in two zones for the instances (or set create_vpc = true)."
+  }
 }
 
 # --- cluster ---------------------------------------------------------------------------------------------
@@ -54,9 +72,27 @@ variable "instance_type" {
 }
 
 variable "asg_min_size" {
-  description = "Fewest ECS instances."
+  # Two, not the original 1: with one instance both router tasks share it and its zone, and one instance
+  # failure takes all of /services/* down. Two instances over two zones let the spread placement work.
+  description = "Fewest ECS instances: at least 2, so the router tasks can sit on two instances in two zones."
   type        = number
-  default     = 1
+  default     = 2
+  validation {
+    condition     = var.asg_min_size >= 2
+    error_message = "asg_min_size must be at least 2: with one instance, one instance failure takes every router down."
+  }
+}
+
+variable "nat_gateway_per_zone" {
+  description = "With create_vpc: a NAT gateway in each zone (image pulls and AWS APIs survive a zone), not one shared."
+  type        = bool
+  default     = true
+}
+
+variable "create_ecs_service_linked_role" {
+  description = "Create the ECS service-linked role (an account's first ECS use needs it); false where it exists already."
+  type        = bool
+  default     = true
 }
 
 variable "asg_max_size" {
@@ -85,8 +121,18 @@ variable "alb_idle_timeout" {
   default     = 60
 }
 
+variable "router_slow_start" {
+  description = "Seconds a new router task takes to get its full share of requests (ALB slow start, 30-900; 0 turns it off): its DNS cache starts empty and fills at --dns-max-qps."
+  type        = number
+  default     = 60
+  validation {
+    condition     = var.router_slow_start == 0 || (var.router_slow_start >= 30 && var.router_slow_start <= 900)
+    error_message = "router_slow_start must be 0 or 30-900 seconds (the ALB's range)."
+  }
+}
+
 variable "deregistration_delay" {
-  description = "Seconds the ALB lets requests in flight finish on a deregistered router; shorter than the router's drain."
+  description = "Seconds the ALB lets requests in flight finish on a deregistered router; ECS sends SIGTERM after it."
   type        = number
   default     = 20
 }

@@ -398,8 +398,8 @@ OPTIONS: tuple[Option, ...] = (
         "--workers",
         _workers,
         "1",
-        "Processes serving the port (SO_REUSEPORT) under one supervisor; auto: the CPUs the container may use "
-        "(its cgroup CPU quota).",
+        "Processes serving the port (SO_REUSEPORT) under one supervisor; auto: the task's vCPUs (ECS task "
+        "metadata, else the cgroup quota), no more than its memory holds at 96 MiB a worker.",
     ),
     Option("log_level", "--log-level", LOG_LEVEL, "info", "debug, info, warning or error."),
     Option(

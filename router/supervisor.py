@@ -26,7 +26,7 @@ from router import __version__
 from router.admin import AdminServer
 from router.app import log_reload_refused
 from router.build import BUILD
-from router.cpus import available_cpus
+from router.cpus import WorkerPlan, plan_workers
 from router.logs import setup_logging
 from router.metrics import WorkerMetrics, register_process_metrics
 from router.settings import Settings
@@ -41,8 +41,10 @@ RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 QUICK_DEATH_S = 10.0  # a worker that dies sooner than this after starting backs off further
 
 
-def worker_count(settings: Settings) -> int:
-    return settings.workers or available_cpus()
+def worker_count(settings: Settings) -> WorkerPlan:
+    if settings.workers:
+        return WorkerPlan(settings.workers, "--workers")
+    return plan_workers(os.environ)
 
 
 @dataclass(frozen=True)
@@ -218,8 +220,7 @@ class Supervisor:
 
 def supervise(settings: Settings, argv: Sequence[str]) -> int:
     setup_logging(settings.log_level, settings.log_format)
-    count = worker_count(settings)
-    log.info(
-        "starting", extra={"settings": settings.summary(), "version": __version__, "build": BUILD, "workers": count}
-    )
-    return uvloop.run(Supervisor(settings, argv, count).run())
+    plan = worker_count(settings)
+    extra = {"settings": settings.summary(), "version": __version__, "build": BUILD}
+    log.info("starting", extra={**extra, "workers": plan.count, "workers_from": plan.reason})
+    return uvloop.run(Supervisor(settings, argv, plan.count).run())

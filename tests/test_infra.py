@@ -79,6 +79,7 @@ def test_container_hardening() -> None:
     assert CONTAINER["healthCheck"]["command"][:2] == ["CMD", "python"]  # no curl in the slim image
     assert {"name": "nofile", "softLimit": 65536, "hardLimit": 65536} in CONTAINER["ulimits"]
     assert CONTAINER["logConfiguration"]["logDriver"] == "awslogs"
+    assert CONTAINER["linuxParameters"]["capabilities"]["drop"] == ["ALL"]  # as the compose file does
 
 
 def terraform_defaults(path: Path) -> dict[str, Any]:
@@ -93,6 +94,9 @@ def terraform_defaults(path: Path) -> dict[str, Any]:
 
 
 def test_drain_deregistration_stop_and_keep_alive_timings_agree() -> None:
+    """ECS's order, not Kubernetes': ECS deregisters the target, waits until the ALB reports it unused (in-flight
+    requests done, or deregistration_delay passed), and only then sends SIGTERM; SIGKILL follows stopTimeout
+    later. By SIGTERM no new request is on its way, so the router's drain is for stragglers, not for the ALB."""
     tf = terraform_defaults(INFRA / "variables.tf")
     drain_delay = float(ENVIRONMENT["WHALERAY_DRAIN_DELAY"])
     drain_timeout = float(ENVIRONMENT["WHALERAY_DRAIN_TIMEOUT"])
@@ -100,12 +104,13 @@ def test_drain_deregistration_stop_and_keep_alive_timings_agree() -> None:
     stop_timeout = CONTAINER["stopTimeout"]
     # The ALB must close idle connections before the router does, or it reuses one the router just closed.
     assert tf["alb_idle_timeout"] < keepalive
-    # /health turns 503 at SIGTERM; the listener must keep accepting until the ALB has seen enough failures.
-    assert drain_delay >= tf["health_check_interval"] * tf["health_check_unhealthy_threshold"]
+    # Waiting for traffic that has already stopped only delays the exit: a short margin, not health-check rounds.
+    assert 0 < drain_delay <= 5
+    assert drain_delay < tf["health_check_interval"] * tf["health_check_unhealthy_threshold"]
     # ECS kills the container stopTimeout after SIGTERM: the whole drain must fit, with room to exit.
     assert drain_delay + drain_timeout < stop_timeout <= 120
-    # Requests the ALB lets finish on a deregistered target must not outlast the router's drain.
-    assert tf["deregistration_delay"] < drain_delay + drain_timeout
+    # A request still running at SIGTERM has outlived deregistration_delay: it gets at least as long again.
+    assert drain_timeout >= tf["deregistration_delay"]
 
 
 def test_terraform_admits_the_mirrored_provider() -> None:

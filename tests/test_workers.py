@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
+import json
 import os
 import signal
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.proctree import children_of as children
-from router.cpus import available_cpus, cgroup_cpu_quota
+from router.cpus import SUPERVISOR_MIB, WORKER_MIB, available_cpus, cgroup_cpu_quota, plan_workers
 from router.demo.dns import DemoDnsServer
 from tests.conftest import BackendFactory, RouterProcess, wait_for
 
@@ -154,3 +158,76 @@ def running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# --- --workers auto on ECS: the task metadata endpoint first ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def metadata_server(task: dict[str, object]) -> Iterator[str]:
+    """The ECS agent's task metadata endpoint, on loopback: GET <uri>/task answers `task`."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(task).encode() if self.path == "/v4/abc/task" else b"{}"
+            self.send_response(200 if self.path == "/v4/abc/task" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v4/abc"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_auto_takes_the_ecs_task_cpu_limit_over_an_unlimited_cgroup(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("max 100000\n")  # what a container of an EC2 task sees
+    with metadata_server({"Limits": {"CPU": 0.5, "Memory": 512}}) as uri:
+        plan = plan_workers({"ECS_CONTAINER_METADATA_URI_V4": uri}, tmp_path)
+    assert plan.count == 1
+    assert "ECS task limit of 0.5 vCPU" in plan.reason
+
+
+def test_auto_never_starts_more_workers_than_the_task_memory_holds(tmp_path: Path) -> None:
+    memory = SUPERVISOR_MIB + WORKER_MIB + WORKER_MIB // 2  # one worker fits, not two
+    with metadata_server({"Limits": {"CPU": 16, "Memory": memory}}) as uri:
+        plan = plan_workers({"ECS_CONTAINER_METADATA_URI_V4": uri}, tmp_path)
+    assert plan.count == 1
+    assert f"capped by {memory} MiB" in plan.reason
+
+
+def test_auto_falls_back_to_cgroups_when_the_endpoint_fails(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    (tmp_path / "memory.max").write_text(str(4 << 30) + "\n")
+    with metadata_server({}) as uri:
+        plan = plan_workers({"ECS_CONTAINER_METADATA_URI_V4": uri + "/missing"}, tmp_path)
+    assert plan.count == 1
+    assert plan.reason.startswith("cgroup")
+
+
+def test_auto_caps_by_the_cgroup_memory_limit(tmp_path: Path) -> None:
+    (tmp_path / "memory.max").write_text(str(100 << 20) + "\n")  # 100 MiB: room for the supervisor and one
+    plan = plan_workers({}, tmp_path)
+    assert plan.count == 1
+
+
+async def test_the_supervisor_logs_how_many_workers_and_why(
+    router_process: StartRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with metadata_server({"Limits": {"CPU": 0.25, "Memory": 512}}) as uri:
+        monkeypatch.setenv("ECS_CONTAINER_METADATA_URI_V4", uri)
+        router = await router_process("--workers", "auto", "--drain-delay", "0")
+        await wait_for(lambda: asyncio.sleep(0, len(children(router.process.pid)) == 1))
+        router.process.send_signal(signal.SIGTERM)
+        lines = await router.json_lines()
+    [starting] = [line for line in lines if line.get("message") == "starting"]
+    assert starting["workers"] == 1
+    assert "ECS task limit of 0.25 vCPU" in str(starting["workers_from"])

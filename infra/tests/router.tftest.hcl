@@ -80,8 +80,8 @@ run "scales_2_to_20_on_cpu_and_requests" {
     error_message = "a second policy tracks ALBRequestCountPerTarget"
   }
   assert {
-    condition     = aws_autoscaling_group.ecs.min_size == 1 && aws_autoscaling_group.ecs.max_size == 10
-    error_message = "the instances scale between 1 and 10"
+    condition     = aws_autoscaling_group.ecs.min_size == 2 && aws_autoscaling_group.ecs.max_size == 10
+    error_message = "the instances scale between 2 and 10"
   }
   assert {
     condition     = aws_ecs_capacity_provider.this.auto_scaling_group_provider[0].managed_scaling[0].target_capacity == 90 && aws_ecs_capacity_provider.this.auto_scaling_group_provider[0].managed_termination_protection == "DISABLED"
@@ -90,10 +90,6 @@ run "scales_2_to_20_on_cpu_and_requests" {
   assert {
     condition     = aws_ecs_service.router.deployment_minimum_healthy_percent == 100 && aws_ecs_service.router.deployment_circuit_breaker[0].rollback
     error_message = "min healthy 100 %, circuit breaker with rollback"
-  }
-  assert {
-    condition     = one(aws_ecs_service.router.ordered_placement_strategy).type == "binpack" && one(aws_ecs_service.router.ordered_placement_strategy).field == "memory"
-    error_message = "binpack by memory"
   }
 }
 
@@ -174,5 +170,101 @@ run "creates_a_vpc_when_asked" {
   assert {
     condition     = aws_subnet.public[0].availability_zone != aws_subnet.public[1].availability_zone
     error_message = "in two availability zones"
+  }
+}
+
+run "survives_an_instance_or_a_zone" {
+  command = plan
+
+  assert {
+    condition     = [for s in aws_ecs_service.router.ordered_placement_strategy : "${s.type}:${s.field}"] == ["spread:attribute:ecs.availability-zone", "binpack:memory"]
+    error_message = "router tasks spread over zones first, then binpack memory"
+  }
+  assert {
+    condition     = aws_autoscaling_group.ecs.min_size >= 2
+    error_message = "at least two instances, so two router tasks need not share one"
+  }
+  assert {
+    condition     = aws_lb_target_group.router.slow_start >= 30
+    error_message = "a new router task ramps up (its DNS cache starts empty)"
+  }
+}
+
+run "a_nat_gateway_per_zone_in_a_created_vpc" {
+  command = plan
+  variables {
+    create_vpc         = true
+    vpc_id             = null
+    public_subnet_ids  = []
+    private_subnet_ids = []
+  }
+
+  assert {
+    condition     = length(aws_nat_gateway.this) == 2 && length(aws_eip.nat) == 2
+    error_message = "one NAT gateway in each zone's public subnet"
+  }
+  assert {
+    condition     = length(aws_route_table.private) == 2 && length(aws_route_table_association.private) == 2
+    error_message = "each private subnet has a route table of its own, through its zone's NAT gateway"
+  }
+}
+
+run "first_apply_in_an_empty_account" {
+  command = plan
+
+  assert {
+    condition     = length(aws_iam_service_linked_role.ecs) == 1 && aws_iam_service_linked_role.ecs[0].aws_service_name == "ecs.amazonaws.com"
+    error_message = "the ECS service-linked role is created unless told it exists"
+  }
+  assert {
+    condition     = output.capacity_provider_name == aws_ecs_capacity_provider.this.name
+    error_message = "the capacity provider output comes through its association with the cluster"
+  }
+}
+
+run "an_existing_service_linked_role_is_left_alone" {
+  command = plan
+  variables {
+    create_ecs_service_linked_role = false
+  }
+
+  assert {
+    condition     = length(aws_iam_service_linked_role.ecs) == 0
+    error_message = "no second service-linked role"
+  }
+}
+
+run "no_network_is_refused_with_what_to_set" {
+  command = plan
+  variables {
+    vpc_id             = null
+    public_subnet_ids  = []
+    private_subnet_ids = []
+  }
+  expect_failures = [var.vpc_id, var.public_subnet_ids, var.private_subnet_ids]
+}
+
+run "a_name_too_long_for_a_target_group_is_refused" {
+  command = plan
+  variables {
+    name = "whaleray-production-eu-west"
+  }
+  expect_failures = [var.name]
+}
+
+run "one_instance_is_refused" {
+  command = plan
+  variables {
+    asg_min_size = 1
+  }
+  expect_failures = [var.asg_min_size]
+}
+
+run "bridge_mode_has_no_router_tasks_group" {
+  command = plan
+
+  assert {
+    condition     = output.router_tasks_security_group_id == null
+    error_message = "in bridge mode the instances' group is the routers' group; no separate one"
   }
 }
