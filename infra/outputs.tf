@@ -79,3 +79,8 @@ output "router_tasks_security_group_id" {
   description = "With router_network_mode = awsvpc: the router tasks' security group (backends must admit it); null in bridge mode, where the instances' group is the one."
   value       = one(aws_security_group.router_tasks[*].id)
 }
+
+output "router_security_group_id" {
+  description = "The group the routers connect from, whatever router_network_mode: what a deployment's security group must admit (modules/deployment's router_security_group_id)."
+  value       = local.router_group_id
+}

@@ -9,6 +9,8 @@ locals {
   router_environment = merge(
     { for variable in local.container_template.environment : variable.name => variable.value },
     { WHALERAY_NAMESPACE = var.namespace, WHALERAY_UPSTREAM_PORT = tostring(var.backend_port) },
+    # Bridge-mode deployments register SRV records (address and dynamic host port); A records carry no port.
+    var.deployments_network_mode == "bridge" ? { WHALERAY_DISCOVERY = "srv" } : {},
     var.router_environment,
   )
   router_port = tonumber(local.router_environment["WHALERAY_PORT"])
@@ -217,4 +219,30 @@ resource "aws_vpc_security_group_egress_rule" "router_tasks_https" {
   ip_protocol       = "tcp"
   from_port         = 443
   to_port           = 443
+}
+
+# --- bridge-mode deployments: their dynamic host ports, from the routers ------------------------------------
+
+locals {
+  router_group_id = var.router_network_mode == "awsvpc" ? aws_security_group.router_tasks[0].id : aws_security_group.instances.id
+}
+
+resource "aws_vpc_security_group_egress_rule" "routers_to_host_ports" {
+  count                        = var.deployments_network_mode == "bridge" ? 1 : 0
+  security_group_id            = local.router_group_id
+  description                  = "Bridge-mode deployments' dynamic host ports on the instances"
+  referenced_security_group_id = aws_security_group.instances.id
+  ip_protocol                  = "tcp"
+  from_port                    = 32768
+  to_port                      = 65535
+}
+
+resource "aws_vpc_security_group_ingress_rule" "host_ports_from_routers" {
+  count                        = var.deployments_network_mode == "bridge" ? 1 : 0
+  security_group_id            = aws_security_group.instances.id
+  description                  = "Bridge-mode deployments' dynamic host ports, from the routers"
+  referenced_security_group_id = local.router_group_id
+  ip_protocol                  = "tcp"
+  from_port                    = 32768
+  to_port                      = 65535
 }

@@ -173,6 +173,17 @@ variable "router_network_mode" {
   }
 }
 
+variable "deployments_network_mode" {
+  description = "How deployments run: awsvpc (A records, port backend_port) or bridge (SRV records with dynamic host ports: the router runs with --discovery srv and may reach 32768-65535 on the instances)."
+  type        = string
+  default     = "awsvpc"
+
+  validation {
+    condition     = contains(["awsvpc", "bridge"], var.deployments_network_mode)
+    error_message = "deployments_network_mode must be awsvpc or bridge (modules/deployment's network_mode)."
+  }
+}
+
 variable "router_cpu" {
   description = "CPU units of a router task (1024 = one vCPU); --workers auto follows it."
   type        = number

@@ -34,4 +34,5 @@ for dir in . modules/deployment examples/demo-backend; do
   (cd "$dir" && terraform init "${init_flags[@]}" >/dev/null && terraform validate -no-color)
 done
 terraform test -no-color
-echo "check-terraform: fmt, validate (root, modules/deployment, examples/demo-backend) and terraform test passed"
+(cd modules/deployment && terraform test -no-color)
+echo "check-terraform: fmt, validate (root, modules/deployment, examples/demo-backend) and terraform test (root, modules/deployment) passed"

@@ -268,3 +268,28 @@ run "bridge_mode_has_no_router_tasks_group" {
     error_message = "in bridge mode the instances' group is the routers' group; no separate one"
   }
 }
+
+run "bridge_mode_deployments_are_reachable" {
+  command = plan
+  variables {
+    deployments_network_mode = "bridge"
+  }
+
+  assert {
+    condition     = output.router_container_definition.environment[index(output.router_container_definition.environment[*].name, "WHALERAY_DISCOVERY")].value == "srv"
+    error_message = "SRV records carry the dynamic host ports: the router must read them"
+  }
+  assert {
+    condition     = aws_vpc_security_group_ingress_rule.host_ports_from_routers[0].from_port == 32768 && aws_vpc_security_group_egress_rule.routers_to_host_ports[0].to_port == 65535
+    error_message = "the routers reach 32768-65535 on the instances, and the instances admit them"
+  }
+}
+
+run "awsvpc_deployments_need_no_host_ports" {
+  command = plan
+
+  assert {
+    condition     = length(aws_vpc_security_group_ingress_rule.host_ports_from_routers) == 0 && !contains(output.router_container_definition.environment[*].name, "WHALERAY_DISCOVERY")
+    error_message = "awsvpc deployments: A records on backend_port, no host-port rules"
+  }
+}

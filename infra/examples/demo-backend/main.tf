@@ -39,7 +39,8 @@ module "hello" {
   entry_point              = ["python", "-m", "router.demo.backend", "--name", "hello-backend", "--port", "3000"]
   subnet_ids               = module.platform.private_subnet_ids
   vpc_id                   = module.platform.vpc_id
-  router_security_group_id = module.platform.instances_security_group_id
+  router_security_group_id = module.platform.router_security_group_id
+  namespace_name           = module.platform.namespace_name
 }
 
 output "try" {

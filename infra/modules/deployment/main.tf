@@ -47,6 +47,22 @@ resource "aws_iam_role_policy_attachment" "execution" {
   policy_arn = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
 }
 
+# The application's own AWS identity (empty unless task_role_policy_arns grants something).
+resource "aws_iam_role" "task" {
+  name_prefix = "wr-${substr(var.deployment_id, 0, 20)}-task-"
+  assume_role_policy = jsonencode({
+    Version   = "2012-10-17"
+    Statement = [{ Effect = "Allow", Action = "sts:AssumeRole", Principal = { Service = "ecs-tasks.amazonaws.com" } }]
+  })
+  tags = local.tags
+}
+
+resource "aws_iam_role_policy_attachment" "task" {
+  for_each   = toset(var.task_role_policy_arns)
+  role       = aws_iam_role.task.name
+  policy_arn = each.value
+}
+
 resource "aws_ecs_task_definition" "this" {
   family                   = "whaleray-${var.deployment_id}"
   requires_compatibilities = ["EC2"]
@@ -54,12 +70,14 @@ resource "aws_ecs_task_definition" "this" {
   cpu                      = var.cpu
   memory                   = var.memory
   execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.task.arn
   container_definitions = jsonencode([{
     name                   = "backend"
     image                  = var.image
     entryPoint             = var.entry_point
     essential              = true
-    readonlyRootFilesystem = true
+    readonlyRootFilesystem = var.read_only_root_filesystem
+    healthCheck            = var.health_check_command == null ? null : { command = var.health_check_command, interval = 10, timeout = 5, retries = 3, startPeriod = 30 }
     portMappings           = [{ containerPort = var.container_port, hostPort = local.awsvpc ? var.container_port : 0, protocol = "tcp" }]
     environment            = [for name in sort(keys(var.environment)) : { name = name, value = var.environment[name] }]
     logConfiguration = {
@@ -93,13 +111,22 @@ resource "aws_vpc_security_group_ingress_rule" "from_routers" {
 }
 
 resource "aws_vpc_security_group_egress_rule" "https" {
-  count             = local.awsvpc ? 1 : 0
+  count             = local.awsvpc && var.egress_cidr_ipv4 == null ? 1 : 0
   security_group_id = aws_security_group.this[0].id
   description       = "HTTPS out (AWS endpoints, external APIs)"
   cidr_ipv4         = "0.0.0.0/0"
   ip_protocol       = "tcp"
   from_port         = 443
   to_port           = 443
+}
+
+resource "aws_vpc_security_group_egress_rule" "out" {
+  #checkov:skip=CKV_AWS_382:An application reaches its database, queue and APIs on their own ports; egress_cidr_ipv4 narrows it.
+  count             = local.awsvpc && var.egress_cidr_ipv4 != null ? 1 : 0
+  security_group_id = aws_security_group.this[0].id
+  description       = "Out to the application's dependencies, any port"
+  cidr_ipv4         = var.egress_cidr_ipv4
+  ip_protocol       = "-1"
 }
 
 resource "aws_ecs_service" "this" {

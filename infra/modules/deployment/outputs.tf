@@ -1,6 +1,6 @@
 output "dns_name" {
   description = "The name the router resolves for this deployment."
-  value       = "${var.deployment_id}.<namespace>"
+  value       = "${var.deployment_id}.${var.namespace_name}"
 }
 
 output "service_discovery_arn" {
@@ -11,4 +11,14 @@ output "service_discovery_arn" {
 output "ecs_service_name" {
   description = "The deployment's ECS service."
   value       = aws_ecs_service.this.name
+}
+
+output "task_role_arn" {
+  description = "The application's task role: attach more policies to it from outside."
+  value       = aws_iam_role.task.arn
+}
+
+output "security_group_id" {
+  description = "The deployment's security group (awsvpc); null in bridge mode."
+  value       = one(aws_security_group.this[*].id)
 }

@@ -59,8 +59,38 @@ variable "subnet_ids" {
 }
 
 variable "router_security_group_id" {
-  description = "The routers' security group (instances_security_group_id of the root module): the only allowed client."
+  description = "The routers' security group (router_security_group_id of the root module): the only allowed client."
   type        = string
+}
+
+variable "namespace_name" {
+  description = "The Cloud Map namespace's DNS name (namespace_name of the root module), for the dns_name output."
+  type        = string
+}
+
+variable "read_only_root_filesystem" {
+  description = "Run the container with a read-only root filesystem (off by default: many applications write to /tmp or a cache)."
+  type        = bool
+  default     = false
+}
+
+variable "egress_cidr_ipv4" {
+  description = "Where the backend may connect (databases, queues, external APIs), any port; null allows nothing out but HTTPS."
+  type        = string
+  default     = "0.0.0.0/0"
+}
+
+variable "task_role_policy_arns" {
+  description = "IAM policies the application's task role gets (its AWS permissions); none by default."
+  type        = list(string)
+  default     = []
+  nullable    = false
+}
+
+variable "health_check_command" {
+  description = "Container health check, e.g. [\"CMD-SHELL\", \"wget -qO- http://127.0.0.1:3000/health || exit 1\"]; null: ECS watches the process only."
+  type        = list(string)
+  default     = null
 }
 
 variable "vpc_id" {
