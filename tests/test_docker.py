@@ -12,6 +12,7 @@ import ipaddress
 import json
 import re
 import subprocess
+import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -174,11 +175,30 @@ def test_image_compiles_the_data_plane_in_the_builder_only() -> None:
     assert not any("gcc" in line for line in runtime)
     assert "COPY pyproject.toml setup.py README.md ./" in builder
     assert any(line.startswith("RUN pip wheel") for line in builder)
-    install = next(line for line in runtime if line.startswith("RUN pip install"))
+    install = next(line for line in runtime if line.startswith("RUN ") and "pip install" in line)
     assert "BUILD != 'compiled'" in install
     labels = " ".join(line for line in INSTRUCTIONS if line.startswith("LABEL "))
     for label in ("source", "version", "licenses"):
         assert f"org.opencontainers.image.{label}=" in labels
+
+
+def test_image_installs_the_locked_dependencies_by_hash_and_keeps_no_wheel() -> None:
+    runtime_start = next(i for i, line in enumerate(INSTRUCTIONS) if line.startswith("FROM ") and " AS runtime" in line)
+    builder, runtime = INSTRUCTIONS[:runtime_start], INSTRUCTIONS[runtime_start:]
+    fetch = next(line for line in builder if line.startswith("RUN pip wheel"))
+    assert "--require-hashes" in fetch
+    assert "-r requirements.lock" in fetch
+    assert "--no-deps" in fetch  # the router's own wheel adds nothing unlocked
+    install = next(line for line in runtime if line.startswith("RUN ") and "pip install" in line)
+    assert "--mount=type=bind,from=builder,source=/wheels,target=/wheels" in install
+    assert "--require-hashes -r /tmp/requirements.lock" in install
+    assert not [line for line in runtime if line.startswith("COPY") and "wheels" in line]
+    lock = (DOCKER / "requirements.lock").read_text()
+    pinned = {line.split("==")[0] for line in lock.splitlines() if "==" in line and not line.startswith("#")}
+    for requirement in tomllib.loads((DOCKER.parent / "pyproject.toml").read_text())["project"]["dependencies"]:
+        name = re.split(r"[<>=!~\[ ;]", requirement)[0].lower()
+        assert name in pinned, f"{name} is not locked"
+    assert all("--hash=sha256:" in block for block in lock.split("==")[1:])
 
 
 def test_dockerignore_keeps_the_context_to_what_the_image_needs() -> None:
