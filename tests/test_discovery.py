@@ -9,7 +9,7 @@ import aiohttp
 
 from router.app import Router
 from router.demo.dns import DemoDnsServer
-from tests.conftest import BackendFactory, RouterFactory, free_port
+from tests.support import BackendFactory, RouterFactory, free_port
 
 
 async def get(router: Router, path: str) -> tuple[int, dict[str, object]]:

@@ -13,7 +13,7 @@ import aiohttp
 from router.app import Router
 from router.demo.backend import start_backend
 from router.demo.dns import DemoDnsServer, SrvTarget
-from tests.conftest import PROBE, BackendFactory, RouterFactory, free_port
+from tests.support import PROBE, BackendFactory, RouterFactory, free_port
 
 
 async def get(session: aiohttp.ClientSession, router: Router, path: str) -> tuple[int, dict[str, object]]:

@@ -26,7 +26,7 @@ from router.app import Router
 from router.demo.backend import start_backend
 from router.demo.dns import DemoDnsServer
 from router.settings import build_parser, settings_from
-from tests.conftest import free_port, router_settings
+from tests.support import free_port, router_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"

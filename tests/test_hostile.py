@@ -12,7 +12,7 @@ import pytest
 
 from router.app import Router
 from router.demo.dns import DemoDnsServer
-from tests.conftest import RawBackendFactory, RouterFactory, ScriptedFactory, open_client, raw_request, status_of
+from tests.support import RawBackendFactory, RouterFactory, ScriptedFactory, open_client, raw_request, status_of
 
 SMUGGLING = {
     "cl_te": (

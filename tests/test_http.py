@@ -14,7 +14,7 @@ from aiohttp import web
 
 from router.app import Router
 from router.demo.dns import DemoDnsServer
-from tests.conftest import (
+from tests.support import (
     BackendFactory,
     RawBackendFactory,
     RouterFactory,

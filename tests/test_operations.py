@@ -13,7 +13,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.demo.dns import DemoDnsServer
-from tests.conftest import BackendFactory, RouterFactory, RouterProcess, free_port, read_response, slow_app
+from tests.support import BackendFactory, RouterFactory, RouterProcess, free_port, read_response, slow_app
 
 StartRouter = Callable[..., Awaitable[RouterProcess]]
 

@@ -4,12 +4,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,17 +14,11 @@ import aiohttp
 
 from router.demo.dns import DemoDnsServer
 from router.demo.run import try_these
-from tests.conftest import BackendFactory, RouterProcess, free_port, raw_request, wait_for
+from tests.support import BackendFactory, RouterProcess, free_port, raw_request, run_cli, wait_for
 
 StartRouter = Callable[..., Awaitable[RouterProcess]]
 README = Path(__file__).resolve().parent.parent / "README.md"
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {key: value for key, value in os.environ.items() if not key.startswith("WHALERAY_")}
-    command = [sys.executable, "-m", "router", *args]
-    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=30, env={**base, **(env or {})})
 
 
 # --- --check -------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import aiohttp
 
 from router.app import Router
 from router.demo.dns import DemoDnsServer
-from tests.conftest import BackendFactory, RouterFactory, ScriptedFactory, raw_request, status_of
+from tests.support import BackendFactory, RouterFactory, ScriptedFactory, raw_request, status_of
 
 
 async def get_many(router: Router, path: str, count: int) -> list[tuple[int, bytes]]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -17,16 +15,10 @@ from router import __version__
 from router.build import BUILD
 from router.demo.dns import DemoDnsServer
 from router.options import OPTIONS
-from tests.conftest import BackendFactory, RouterProcess, read_response, slow_app
+from tests.support import BackendFactory, RouterProcess, read_response, run_cli, slow_app
 
 MiB = 1 << 20
 StartRouter = Callable[..., Awaitable[RouterProcess]]
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {key: value for key, value in os.environ.items() if not key.startswith("WHALERAY_")}
-    command = [sys.executable, "-m", "router", *args]
-    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=30, env={**base, **(env or {})})
 
 
 def test_help_documents_every_option_with_its_variable_and_default() -> None:

@@ -19,7 +19,7 @@ from router.demo.dns import DemoDnsServer
 from router.proxy.client import ClientConnection
 from router.proxy.exchange import Exchange
 from router.proxy.upstream import UpstreamConnection
-from tests.conftest import (
+from tests.support import (
     BackendFactory,
     ConnectionScript,
     RouterFactory,
@@ -159,7 +159,7 @@ async def test_rolling_replacement_under_steady_load_fails_no_request(
         await asyncio.sleep(0.5)
     stop.set()
     await asyncio.gather(*clients)
-    assert statuses
+    assert len(statuses) > 100  # the clients kept sending through both replacements
     assert set(statuses) == {200}, f"{len(statuses) - statuses.count(200)} of {len(statuses)} requests failed"
     assert {"new-a", "new-b"} <= seen
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from router.app import Router
 from router.demo.dns import DemoDnsServer
-from tests.conftest import free_port, read_response, router_settings
+from tests.support import free_port, read_response, router_settings
 
 # Every hostile piece carries this marker, in its headers or its body: it must never reach the second client.
 MARK = b"leak"

@@ -11,7 +11,7 @@ from yarl import URL
 
 from router.app import Router
 from router.demo.dns import DemoDnsServer, SrvTarget
-from tests.conftest import PROBE, BackendFactory, RawBackendFactory, free_port, raw_request, status_of
+from tests.support import PROBE, BackendFactory, RawBackendFactory, free_port, raw_request, status_of
 
 
 async def fetch(

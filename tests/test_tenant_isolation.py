@@ -18,7 +18,7 @@ import pytest
 
 from router.app import Router
 from router.demo.dns import DemoDnsServer
-from tests.conftest import (
+from tests.support import (
     RawBackendFactory,
     RouterFactory,
     RouterProcess,

@@ -16,9 +16,8 @@ import httptools
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.proctree import children_of
 from router.demo.dns import DemoDnsServer
-from tests.conftest import BackendFactory, RouterProcess, read_response, wait_for
+from tests.support import BackendFactory, RouterProcess, children_of, read_response, wait_for
 
 MiB = 1 << 20
 StartRouter = Callable[..., Awaitable[RouterProcess]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 from pathlib import Path
@@ -319,7 +320,7 @@ def test_budget_keeps_a_reserve_for_known_names() -> None:
     assert not budget.try_spend(0.05, known=True)  # half a token refilled: not enough
     assert budget.try_spend(0.1, known=True)  # one token refilled
     assert budget.refused == 95 + 95 + 1
-    assert repr(budget).startswith("<QueryBudget [")
+    assert repr(budget) == "<QueryBudget [0.0/10 tokens | Reserve: 5.0 | 10/s | Refused: 191]>"
 
 
 def test_budget_refills_at_its_rate_up_to_one_second() -> None:
@@ -462,3 +463,60 @@ def test_the_reference_nginx_configuration_is_in_the_repository_and_adapts() -> 
     assert "listen 127.0.0.1:18080;" in adapted
     assert "resolver 127.0.0.1:18053 " in adapted
     assert ".whaleray.local:13000/" in adapted
+
+
+# --- the code's shape ----------------------------------------------------------------------------------------
+
+ROUTER = Path(__file__).resolve().parent.parent / "router"
+
+
+def _router_imports() -> dict[str, set[str]]:
+    """Each module of router/ and the router modules it imports at run time (not under TYPE_CHECKING)."""
+    graph: dict[str, set[str]] = {}
+    for path in ROUTER.rglob("*.py"):
+        module = ".".join(path.relative_to(ROUTER.parent).with_suffix("").parts).removesuffix(".__init__")
+        tree = ast.parse(path.read_text())
+        typing_only = {
+            id(node)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and ast.unparse(block.test) in {"TYPE_CHECKING", "typing.TYPE_CHECKING"}
+            for node in ast.walk(block)
+        }
+        imported = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("router"):
+                imported.add(node.module)
+                imported |= {f"{node.module}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names if alias.name.startswith("router")}
+        graph[module] = imported
+    return {
+        module: {name for name in imported if name in graph and name != module} for module, imported in graph.items()
+    }
+
+
+def test_no_module_of_router_is_over_450_lines() -> None:
+    sizes = {path.relative_to(ROUTER.parent): len(path.read_text().splitlines()) for path in ROUTER.rglob("*.py")}
+    assert {path: lines for path, lines in sizes.items() if lines > 450} == {}
+
+
+def test_router_modules_import_each_other_without_a_cycle() -> None:
+    graph = _router_imports()
+    assert graph["router.proxy.client"] >= {"router.proxy.exchange", "router.proxy.server"}  # the walk sees imports
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(module: str) -> None:
+        assert module not in visiting, "import cycle: " + " -> ".join([*visiting[visiting.index(module) :], module])
+        if module in done:
+            return
+        visiting.append(module)
+        for imported in sorted(graph[module]):
+            visit(imported)
+        visiting.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)

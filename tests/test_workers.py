@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.proctree import children_of as children
 from router.cpus import SUPERVISOR_MIB, WORKER_MIB, available_cpus, cgroup_cpu_quota, plan_workers
 from router.demo.dns import DemoDnsServer
-from tests.conftest import BackendFactory, RouterProcess, wait_for
+from tests.support import BackendFactory, RouterProcess, wait_for
+from tests.support import children_of as children
 
 StartRouter = Callable[..., Awaitable[RouterProcess]]
 

@@ -1,0 +1,287 @@
+"""What the tests share: servers and clients on loopback, the router as a process, waiting on conditions.
+
+Test files import from here; conftest.py holds the fixtures built on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from router.app import Router
+from router.demo.dns import DemoDnsServer
+from router.settings import Settings, load_settings
+
+# The name the router asks about on start to learn that its resolver answers (for /ready).
+PROBE = "_whaleray-probe"
+
+
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Backend:
+    host: str
+    port: int
+    runner: web.AppRunner
+    connections: set[object] = field(default_factory=set)
+    requests: int = 0
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.connections)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+BackendFactory = Callable[..., Awaitable[Backend]]
+
+
+RouterFactory = Callable[..., Awaitable[Router]]
+
+
+def router_settings(
+    dns: DemoDnsServer, upstream_port: int, *extra: str, resolvers: list[str] | None = None
+) -> Settings:
+    resolver_flags: list[str] = []
+    for resolver in resolvers or [f"127.0.0.1:{dns.port}"]:
+        resolver_flags += ["--resolver", resolver]
+    # Loopback is allowed for tests unless a test sets its own (narrower) list.
+    allow = [] if "--upstream-allow-cidr" in extra else ["--upstream-allow-cidr", "127.0.0.0/8"]
+    return load_settings(
+        [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+            *resolver_flags,
+            *allow,
+            "--upstream-port",
+            str(upstream_port),
+            "--dns-timeout",
+            "0.3",
+            "--dns-tries",
+            "1",
+            "--drain-delay",
+            "0",
+            *extra,
+        ],
+        environ={},
+    )
+
+
+async def raw_request(port: int, data: bytes, *, wait_s: float = 5.0, host: str = "127.0.0.1") -> bytes:
+    """Send `data` and read until the router closes the connection (or `wait_s` passes)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        chunks: list[bytes] = []
+        async with asyncio.timeout(wait_s):
+            while chunk := await reader.read(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        writer.close()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """Read the next final response from a raw connection, as a client would: 1xx heads are skipped, 204 and
+    304 have no body whatever their head says, and a body framed by neither length nor chunks ends at close."""
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        if status >= 200:
+            break
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    if status in {204, 304}:
+        body = b""
+    elif "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        parts = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            parts.append(await reader.readexactly(size + 2))
+            if size == 0:
+                break
+        body = b"".join(part[:-2] for part in parts)
+    elif headers.get("connection") == "close":
+        body = await reader.read()
+    else:
+        body = b""
+    return status, headers, body
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+@dataclass
+class RawBackend:
+    """Answers every request `200 ok` with keep-alive, and keeps each request head exactly as received."""
+
+    heads: list[bytes] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    connections: int = 0
+    server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                lower = head.lower()
+                body = b""
+                if b"content-length:" in lower:
+                    length = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
+                    body = await reader.readexactly(length)
+                elif b"transfer-encoding: chunked" in lower:
+                    while True:
+                        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                        body += (await reader.readexactly(size + 2))[:-2]
+                        if size == 0:
+                            break
+                self.bodies.append(body)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def request_line(self, index: int = -1) -> bytes:
+        return self.heads[index].split(b"\r\n", 1)[0]
+
+    def header_lines(self, index: int = -1) -> list[bytes]:
+        return self.heads[index].split(b"\r\n")[1:-2]
+
+
+RawBackendFactory = Callable[[str], Awaitable[RawBackend]]
+
+
+ConnectionScript = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+ScriptedFactory = Callable[[str, ConnectionScript], Awaitable[asyncio.Server]]
+
+
+async def open_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+@dataclass
+class RouterProcess:
+    """A `whaleray-router` process whose output is read continuously (an unread pipe would fill and stall
+    it) and kept for assertions."""
+
+    process: asyncio.subprocess.Process
+    port: int
+    admin_port: int
+    upstream_port: int
+    output: bytearray = field(default_factory=bytearray)
+    reader: asyncio.Task[None] | None = None
+
+    async def collect(self) -> None:
+        assert self.process.stdout is not None
+        while chunk := await self.process.stdout.read(65536):
+            self.output += chunk
+
+    async def json_lines(self) -> list[dict[str, object]]:
+        """Every JSON line the process wrote, once it has exited."""
+        await self.process.wait()
+        if self.reader is not None:
+            await self.reader
+        return [json.loads(line) for line in self.output.decode().splitlines() if line.startswith("{")]
+
+    def peak_rss_bytes(self) -> int:
+        """VmHWM: the most resident memory the process ever had."""
+        with open(f"/proc/{self.process.pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM")
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.process.pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+async def wait_for_port(port: int, deadline_s: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if loop.time() > end:
+                raise
+            await asyncio.sleep(0.05)
+        else:
+            writer.close()
+            return
+
+
+def slow_app(delay_s: float, text: str = "done") -> web.Application:
+    """A backend that answers every GET after `delay_s`: a request that stays in flight."""
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay_s)
+        return web.Response(text=text)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", slow)
+    return app
+
+
+def children_of(pid: int) -> list[int]:
+    """Processes whose parent is `pid`, from /proc: the router's workers under its supervisor."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`whaleray-router ARGS` as a process, with none of this machine's WHALERAY_* variables."""
+    base = {key: value for key, value in os.environ.items() if not key.startswith("WHALERAY_")}
+    command = [sys.executable, "-m", "router", *args]
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=30, env={**base, **(env or {})})
