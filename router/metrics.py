@@ -105,9 +105,6 @@ class Metrics(Collector):
         key = (label, reason)
         self.rejections[key] = self.rejections.get(key, 0) + 1
 
-    def dns_lookup(self, result: str) -> None:
-        self.dns_lookups[result] += 1
-
     # --- exporting (scrape time) ---------------------------------------------------------------------------
 
     def collect(self) -> Iterable[Metric]:

@@ -52,7 +52,9 @@ def discovery_view(state: ServerState, limit: int = MAX_LISTED) -> dict[str, obj
                 "expires_in": round(entry.expires_at - now, 3),
             }
             listed.append(summary | {"addresses": len(entry.addresses) + len(entry.backup)})
-    return {"count": len(cache), "listed": len(listed), "deployments": listed}
+    stats = state.discovery.stats  # since start: queries sent, failed, answered stale, refused, queued out
+    lookups = {name: getattr(stats, name) for name in ("queries", "failures", "stale_served", "forbidden", "busy")}
+    return {"count": len(cache), "listed": len(listed), "deployments": listed, "lookups": lookups}
 
 
 def _state_of(entry: Entry, now: float) -> str:
@@ -114,7 +116,16 @@ def merge_lists(views: list[dict[str, Any]], limit: int = MAX_LISTED) -> dict[st
                 by_name[summary["deployment"]] = summary
     listed = list(by_name.values())[:limit]
     count = max((view["count"] for view in views), default=0)
-    return {"count": count, "listed": len(listed), "deployments": listed, "workers": len(views)}
+    lookups: Counter[str] = Counter()
+    for view in views:
+        lookups.update(view.get("lookups", {}))
+    return {
+        "count": count,
+        "listed": len(listed),
+        "deployments": listed,
+        "lookups": dict(lookups),
+        "workers": len(views),
+    }
 
 
 def worker_views(state: ServerState) -> dict[str, object]:

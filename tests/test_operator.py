@@ -147,6 +147,7 @@ async def test_discovery_shows_state_addresses_and_connections(
     assert (ghost["state"], ghost["addresses"]) == ("negative", [])
     assert (missing["state"], missing["expires_in"]) == ("missing", None)
     assert listing["count"] == 2
+    assert listing["lookups"]["queries"] == 2  # hello and ghost, once each
     assert sorted((item["deployment"], item["state"], item["addresses"]) for item in listing["deployments"]) == [
         ("ghost", "negative", 0),
         ("hello", "fresh", 1),
