@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,7 @@ class ErrorKind:
     names_deployment: bool = False
 
 
-_KINDS = (
+_KINDS: Final[tuple[ErrorKind, ...]] = (
     ErrorKind("not_found", 404, "Not found. Use /services/{deploymentId}/... format"),
     ErrorKind("invalid_deployment_id", 400, "Invalid deployment id: use 1-63 letters, digits or '-'"),
     ErrorKind("bad_request", 400, "Malformed request"),
@@ -45,7 +46,7 @@ _KINDS = (
     ErrorKind("upstream_timeout", 504, "Service did not answer in time", log_each=True, names_deployment=True),
 )
 
-ERRORS: dict[str, ErrorKind] = {kind.code: kind for kind in _KINDS}
+ERRORS: Final[dict[str, ErrorKind]] = {kind.code: kind for kind in _KINDS}
 
 
 class RouterError(Exception):

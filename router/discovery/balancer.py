@@ -9,13 +9,13 @@ ejected one is tried anyway: better a chance than a certain 502.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from router.discovery.cache import Address
 
 # Bounds the ejection table: past this many entries, expired ones are pruned on the next failure.
-_PRUNE_ABOVE = 1024
-_MAX_DOUBLINGS = 64  # failures counted at most: 2 ** 63 times the base is past any sensible cap
+_PRUNE_ABOVE: Final = 1024
+_MAX_DOUBLINGS: Final = 64  # failures counted at most: 2 ** 63 times the base is past any sensible cap
 
 
 class Candidates(Protocol):

@@ -18,10 +18,13 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from enum import Enum
+from typing import Final
 
 Address = tuple[str, int]
 
-REFRESH_AHEAD_FRACTION = 0.8
+REFRESH_AHEAD_FRACTION: Final = 0.8
+# How often a name in use moves to the recent end of the LRU order; the order is kept to this resolution.
+TOUCH_INTERVAL_S: Final = 1.0
 
 
 class EntryKind(Enum):
@@ -42,6 +45,7 @@ class Entry:
         "refresh_at",
         "stale_until",
         "stale",
+        "touched_at",
         "refreshing",
         "cursor",
     )
@@ -58,6 +62,7 @@ class Entry:
         self.stale = False
         self.refreshing = False
         self.cursor = 0  # round-robin position, used by the balancer
+        self.touched_at = -TOUCH_INTERVAL_S  # when fresh() last moved it to the LRU's recent end
 
     def __repr__(self) -> str:
         addresses = ",".join(f"{host}:{port}" for host, port in self.addresses)
@@ -100,7 +105,9 @@ class DnsCache:
             entries = self._negative
         if entry is None or now >= entry.expires_at:
             return None
-        entries.move_to_end(name)
+        if now - entry.touched_at >= TOUCH_INTERVAL_S:  # LRU order to the second: no reorder per request
+            entry.touched_at = now
+            entries.move_to_end(name)
         return entry
 
     def peek(self, name: str) -> Entry | None:

@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
 
 from router.discovery.budget import QueryBudget
 from router.discovery.cache import Address, DnsCache, Entry, EntryKind
@@ -33,7 +34,7 @@ log = logging.getLogger("router.discovery")
 Lookup = Callable[[str], Awaitable[Answer]]
 SrvLookup = Callable[[str], Awaitable[SrvAnswer]]
 # Bounds how many slots one SRV answer's weights expand to in the round robin.
-MAX_WEIGHT_SLOTS = 64
+MAX_WEIGHT_SLOTS: Final = 64
 
 
 @dataclass(slots=True)

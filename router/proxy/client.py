@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -31,7 +31,7 @@ from router.proxy.upstream import UpstreamConnection
 
 # Bounds how long the router keeps reading (and dropping) a client's unread body after an early error
 # response, so the client reads the response instead of a reset.
-LINGER_S = 2.0
+LINGER_S: Final = 2.0
 
 
 class ClientConnection(asyncio.Protocol, ClientSide, Connection):

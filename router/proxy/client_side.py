@@ -7,17 +7,18 @@ exchange.py uses this and never imports client.py, which implements it: the seam
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
 from mypy_extensions import trait
 
 from router.proxy.upstream import UpstreamConnection
 
 # Reasons reading from the client is paused; reading resumes when none is left.
-PAUSE_PIPELINE = 1  # a pipelined request waits for the active one
-PAUSE_UPSTREAM_FULL = 2  # the backend's write buffer is full
-PAUSE_NO_UPSTREAM = 4  # body bytes wait for a backend connection
-PAUSE_TUNNEL = 8  # bytes after an upgrade request wait for the backend's 101
-PAUSE_CLIENT_FULL = 16  # the client's write buffer is full: read no more of what it asks until it reads
+PAUSE_PIPELINE: Final = 1  # a pipelined request waits for the active one
+PAUSE_UPSTREAM_FULL: Final = 2  # the backend's write buffer is full
+PAUSE_NO_UPSTREAM: Final = 4  # body bytes wait for a backend connection
+PAUSE_TUNNEL: Final = 8  # bytes after an upgrade request wait for the backend's 101
+PAUSE_CLIENT_FULL: Final = 16  # the client's write buffer is full: read no more of what it asks until it reads
 
 
 class ReadGate:

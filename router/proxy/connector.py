@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Final
 
 from router.discovery.balancer import Balancer
 from router.discovery.cache import Address, Entry
@@ -20,7 +21,7 @@ from router.settings import Settings
 
 log = logging.getLogger("router.proxy")
 
-MAX_CONNECT_ATTEMPTS = 3
+MAX_CONNECT_ATTEMPTS: Final = 3
 
 
 class Connector:

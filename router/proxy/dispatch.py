@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Final
 
 from router.discovery.cache import Address, Entry, EntryKind
 from router.errors import RouterError
@@ -18,8 +19,8 @@ from router.proxy.route import RouteKind, parse_target
 
 log = logging.getLogger("router.proxy")
 
-HEALTHY = b'{"status":"healthy"}'
-DRAINING = b'{"status":"draining"}'
+HEALTHY: Final = b'{"status":"healthy"}'
+DRAINING: Final = b'{"status":"draining"}'
 
 
 def start(exchange: Exchange) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Final
 
 import httptools
 
@@ -33,12 +34,10 @@ from router.proxy.upstream import UpstreamConnection, UpstreamFailure
 
 log = logging.getLogger("router.proxy")
 
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-# Bounds what the router holds of a request body before a backend connection is ready to take it.
-MAX_PENDING_BODY = 64 * 1024
-# Bounds what the router keeps of a request to replay it on a fresh connection after a stale pooled one.
-MAX_REPLAY = 64 * 1024
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+MAX_PENDING_BODY: Final = 64 * 1024  # what a request body may hold in memory before a backend takes it
+MAX_REPLAY: Final = 64 * 1024  # what is kept of a request to replay it after a stale pooled connection
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Exchange:

@@ -12,25 +12,27 @@ list of `name, b": ", value, b"\r\n"` pieces, joined once into the outgoing head
 from __future__ import annotations
 
 import re
+from typing import Final
 
 # Names the router removes from every forwarded message; lower-case.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"content-length"}
 )
 # Request headers the router owns: whatever a client sends under these names is replaced or dropped, never
 # trusted. `Forwarded` and `X-Forwarded-Host` are claims the ALB neither sets nor overwrites, so a client could
 # forge them for frameworks that read them first; the backend learns the host from `Host`, forwarded as sent.
-_ROUTER_OWNED_REQUEST = frozenset(
+_ROUTER_OWNED_REQUEST: Final = frozenset(
     {b"expect", b"x-forwarded-prefix", b"x-real-ip", b"x-request-id", b"forwarded", b"x-forwarded-host"}
 )
 # Request headers that are not forwarded as they came: dropped, replaced or merged by the router.
-_REQUEST_SPECIAL = HOP_BY_HOP | _ROUTER_OWNED_REQUEST | {b"host", b"x-forwarded-for", b"x-forwarded-proto"}
-_REQUEST_SPECIAL |= {b"x-forwarded-port", b"x-amzn-trace-id"}
+_REQUEST_SPECIAL: Final = HOP_BY_HOP | _ROUTER_OWNED_REQUEST | {
+    b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-port", b"x-amzn-trace-id"
+}  # fmt: skip
 # Response headers that are not forwarded: hop-by-hop, and the router's own X-Request-Id.
-_RESPONSE_DROPPED = HOP_BY_HOP | {b"x-request-id"}
+_RESPONSE_DROPPED: Final = HOP_BY_HOP | {b"x-request-id"}
 # `Connection` values that name no header to drop, as backends send them: the common case, checked first.
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
+_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 
 
 class HeaderError(ValueError):
@@ -178,18 +180,30 @@ class ResponseHeaders:
 
 # What a response header is to the router, by name. Common names are listed as backends spell them, so the
 # usual head needs no lower-casing; any other spelling is lower-cased and looked up again.
-_FORWARD, _DROP, _LENGTH, _CODING, _CONNECTION, _UPGRADE = range(6)
-_RESPONSE_NAME_KINDS: dict[bytes, int] = {name.lower(): _DROP for name in _RESPONSE_DROPPED}
-_RESPONSE_NAME_KINDS |= {b"content-length": _LENGTH, b"transfer-encoding": _CODING, b"connection": _CONNECTION}
-_RESPONSE_NAME_KINDS[b"upgrade"] = _UPGRADE
-_RESPONSE_NAME_KINDS |= {name.title(): kind for name, kind in _RESPONSE_NAME_KINDS.items()}
-_RESPONSE_NAME_KINDS[b"X-Request-ID"] = _DROP
-_COMMON_FORWARDED = (
+# (Final: the compiled build reads them as C constants, not from the module's dictionary at each call.)
+_FORWARD: Final = 0
+_DROP: Final = 1
+_LENGTH: Final = 2
+_CODING: Final = 3
+_CONNECTION: Final = 4
+_UPGRADE: Final = 5
+_COMMON_FORWARDED: Final[tuple[bytes, ...]] = (
     b"Date", b"Server", b"Content-Type", b"ETag", b"Last-Modified", b"Cache-Control", b"Expires", b"Vary",
     b"Set-Cookie", b"Location", b"Content-Encoding", b"Accept-Ranges", b"X-Powered-By", b"Pragma",
     b"Access-Control-Allow-Origin", b"Strict-Transport-Security", b"X-Content-Type-Options", b"X-Frame-Options",
 )  # fmt: skip
-_RESPONSE_NAME_KINDS |= {spelling: _FORWARD for name in _COMMON_FORWARDED for spelling in (name, name.lower())}
+
+
+def _response_name_table() -> dict[bytes, int]:
+    kinds = {name.lower(): _DROP for name in _RESPONSE_DROPPED}
+    kinds |= {b"content-length": _LENGTH, b"transfer-encoding": _CODING, b"connection": _CONNECTION}
+    kinds[b"upgrade"] = _UPGRADE
+    kinds |= {name.title(): kind for name, kind in kinds.items()}
+    kinds[b"X-Request-ID"] = _DROP
+    return kinds | {spelling: _FORWARD for name in _COMMON_FORWARDED for spelling in (name, name.lower())}
+
+
+_RESPONSE_NAME_KINDS: Final = _response_name_table()
 
 
 def _response_name_kind(name: bytes) -> int:

@@ -11,10 +11,10 @@ import re
 from enum import Enum
 from typing import Final
 
-PREFIX = b"/services/"
-HEALTH_PATH = b"/health"
+PREFIX: Final = b"/services/"
+HEALTH_PATH: Final = b"/health"
 # One DNS label: letters, digits and '-', 1-63 long, not starting or ending with '-'.
-_DEPLOYMENT_ID = re.compile(rb"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_DEPLOYMENT_ID: Final = re.compile(rb"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 class RouteKind(Enum):
@@ -32,9 +32,9 @@ Route = tuple[RouteKind, str | None, bytes]
 NOT_FOUND: Final = (RouteKind.NOT_FOUND, None, b"")
 HEALTH: Final = (RouteKind.HEALTH, None, b"")
 INVALID_ID: Final = (RouteKind.INVALID_ID, None, b"")
-_ID_START = len(PREFIX)
-_IDS_KEPT = 4096
-_deployments: dict[bytes, str | None] = {}
+_ID_START: Final = len(PREFIX)
+_IDS_KEPT: Final = 4096
+_deployments: Final[dict[bytes, str | None]] = {}
 
 
 def deployment_of(raw_id: bytes) -> str | None:
