@@ -13,7 +13,9 @@ import aiohttp
 from router.app import Router
 from router.demo.backend import start_backend
 from router.demo.dns import DemoDnsServer, SrvTarget
-from tests.support import PROBE, BackendFactory, RouterFactory, free_port
+from router.proxy.server import ServerState
+from router.view import deployment_view
+from tests.support import PROBE, Backend, BackendFactory, RouterFactory, free_port
 
 
 async def get(session: aiohttp.ClientSession, router: Router, path: str) -> tuple[int, dict[str, object]]:
@@ -153,14 +155,22 @@ async def test_removed_address_gets_no_new_requests_and_its_idle_connections_clo
         for _ in range(4):
             assert (await get(session, router, "/services/multi/"))[0] == 200
         assert router.state is not None
-        assert router.state.connector.pool.idle_count((old.host, old.port)) == 1
+        assert idle_of(router.state, old) == 1  # what /discovery/multi shows
         dns.set_a("multi", ["127.0.0.3"], ttl=1)
         await asyncio.sleep(1.2)
         requests_before = old.requests
         answered = await backends(session, router, "/services/multi/", 6)
     assert answered == {"kept": 6}
     assert old.requests == requests_before
+    assert idle_of(router.state, old) is None  # the address left the answer, its connections closed
     assert router.state.connector.pool.idle_count((old.host, old.port)) == 0
+
+
+def idle_of(state: ServerState, backend: Backend) -> object:
+    """The idle connections /discovery/multi shows for `backend`'s address; None when it is not listed."""
+    addresses = deployment_view(state, "multi")["addresses"]
+    assert isinstance(addresses, list)
+    return {item["address"]: item["idle_connections"] for item in addresses}.get(f"{backend.host}:{backend.port}")
 
 
 async def test_srv_records_give_targets_and_ports(

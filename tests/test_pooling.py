@@ -10,7 +10,7 @@ import aiohttp
 
 from router.app import Router
 from router.demo.dns import DemoDnsServer
-from tests.support import BackendFactory, RouterFactory, ScriptedFactory, raw_request, status_of
+from tests.support import BackendFactory, RouterFactory, ScriptedFactory, raw_request, status_of, wait_for
 
 
 async def get_many(router: Router, path: str, count: int) -> list[tuple[int, bytes]]:
@@ -31,9 +31,8 @@ async def test_sequential_requests_reuse_one_backend_connection(
     assert [status for status, _ in results] == [200] * 25
     assert instance.requests == 25
     assert instance.connection_count == 1
-    assert router.state is not None
-    assert router.state.connector.connects == 1
-    assert router.state.connector.reuses == 24
+    assert router.registry.get_sample_value("whaleray_upstream_connect_duration_seconds_count") == 1
+    assert router.registry.get_sample_value("whaleray_upstream_connections_reused_total") == 24
 
 
 async def test_separate_client_connections_share_pooled_backend_connections(
@@ -56,13 +55,16 @@ async def test_idle_pooled_connections_expire(
     dns.set_a("hello", ["127.0.0.2"])
     instance = await backend("127.0.0.2")
     await get_many(router, "/services/hello/x", 1)
-    assert router.state is not None
-    assert router.state.connector.pool.idle_count() == 1
-    await asyncio.sleep(0.6)
-    assert router.state.connector.pool.idle_count() == 0
+    assert idle_connections(router) == 1
+    await wait_for(lambda: asyncio.sleep(0, idle_connections(router) == 0), seconds=3)
     await get_many(router, "/services/hello/x", 1)
     assert instance.connection_count == 2
+    assert router.state is not None
     assert repr(router.state.connector.pool) == "<ConnectionPool [Idle: 1 on 1 addresses]>"
+
+
+def idle_connections(router: Router) -> float | None:
+    return router.registry.get_sample_value("whaleray_upstream_connections", {"state": "idle"})
 
 
 async def test_concurrent_requests_open_parallel_connections_then_reuse_them(
