@@ -26,7 +26,7 @@ from router.build import BUILD
 from router.discovery.resolver import DnsResolver
 from router.discovery.service import Discovery
 from router.logs import setup_logging
-from router.metrics import Gauges, Metrics, NullMetrics, register_process_metrics
+from router.metrics import Metrics, NullMetrics, register_process_metrics
 from router.proxy.client import ClientConnection
 from router.proxy.server import ServerState
 from router.settings import Settings
@@ -99,13 +99,13 @@ class Router:
         state = ServerState(settings, self._discovery, loop, self.metrics, self.access_log)
         self._discovery.on_removed = state.connector.retire
         self._discovery.on_query = self.metrics.dns_query_duration.observe
-        self.metrics.gauges = Gauges(
-            inflight=lambda: state.inflight,
-            client_connections=lambda: len(state.connections),
-            upstream_active=state.upstream_active,
-            upstream_idle=state.connector.pool.idle_count,
-            dns_cache_entries=lambda: len(state.discovery.cache),
-        )
+        self.metrics.gauges = {
+            "inflight": lambda: state.inflight,
+            "client_connections": lambda: len(state.connections),
+            "upstream_active": state.upstream_active,
+            "upstream_idle": state.connector.pool.idle_count,
+            "dns_cache_entries": lambda: len(state.discovery.cache),
+        }
         self.state = state
         self._server = await loop.create_server(
             lambda: ClientConnection(state),

@@ -12,10 +12,10 @@ cannot grow memory or the scrape.
 
 from __future__ import annotations
 
+import functools
 import platform
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Final
 
 from prometheus_client import ProcessCollector
@@ -81,15 +81,17 @@ class Histogram:
         return buckets
 
 
-@dataclass
-class Gauges:
-    """Read at scrape time from the live state, so nothing on the hot path keeps them up to date."""
-
-    inflight: Callable[[], int]
-    client_connections: Callable[[], int]
-    upstream_active: Callable[[], int]
-    upstream_idle: Callable[[], int]
-    dns_cache_entries: Callable[[], int]
+# The gauges, in one table: each is read at scrape time from the live state (nothing on the hot path keeps them
+# up to date); with --workers each worker reports its values and the supervisor adds them up.
+# (name, metric family, label and value, help)
+GAUGES: Final[tuple[tuple[str, str, tuple[str, ...], str], ...]] = (
+    ("inflight", "whaleray_inflight_requests", (), "Requests being answered."),
+    ("client_connections", "whaleray_client_connections", (), "Open client connections."),
+    ("upstream_active", "whaleray_upstream_connections", ("state", "active"), "Backend connections."),
+    ("upstream_idle", "whaleray_upstream_connections", ("state", "idle"), "Backend connections."),
+    ("dns_cache_entries", "whaleray_dns_cache_entries", (), "Names in the DNS cache, known and unknown."),
+)
+Gauges = dict[str, Callable[[], int]]  # a reader for every name of GAUGES
 
 
 class Metrics(Collector):
@@ -187,18 +189,13 @@ class Metrics(Collector):
 
     @staticmethod
     def _gauges(gauges: Gauges) -> Iterable[Metric]:
-        upstream = GaugeMetricFamily("whaleray_upstream_connections", "Backend connections.", labels=["state"])
-        upstream.add_metric(["active"], gauges.upstream_active())
-        upstream.add_metric(["idle"], gauges.upstream_idle())
-        yield upstream
-        for name, documentation, read in (
-            ("whaleray_inflight_requests", "Requests being answered.", gauges.inflight),
-            ("whaleray_client_connections", "Open client connections.", gauges.client_connections),
-            ("whaleray_dns_cache_entries", "Names in the DNS cache, known and unknown.", gauges.dns_cache_entries),
-        ):
-            family = GaugeMetricFamily(name, documentation)
-            family.add_metric([], read())
-            yield family
+        families: dict[str, GaugeMetricFamily] = {}
+        for name, family_name, label, documentation in GAUGES:
+            family = families.get(family_name)
+            if family is None:
+                family = families[family_name] = GaugeMetricFamily(family_name, documentation, labels=label[:1])
+            family.add_metric(list(label[1:]), gauges[name]())
+        yield from families.values()
 
     # --- workers: snapshots and their merge ------------------------------------------------------------------
 
@@ -214,15 +211,7 @@ class Metrics(Collector):
             "dns_query_duration": [*self.dns_query_duration.counts, self.dns_query_duration.total],
             "connect_duration": [*self.connect_duration.counts, self.connect_duration.total],
             "reused": self.reused,
-            "gauges": {}
-            if gauges is None
-            else {
-                "inflight": gauges.inflight(),
-                "client_connections": gauges.client_connections(),
-                "upstream_active": gauges.upstream_active(),
-                "upstream_idle": gauges.upstream_idle(),
-                "dns_cache_entries": gauges.dns_cache_entries(),
-            },
+            "gauges": {} if gauges is None else {name: read() for name, read in gauges.items()},
         }
 
     def add_snapshot(self, snapshot: dict[str, Any]) -> None:
@@ -281,20 +270,12 @@ class WorkerMetrics(Collector):
     def collect(self) -> Iterable[Metric]:
         total = Metrics(CollectorRegistry(), self.max_deployments)
         total.add_snapshot(self.retired.snapshot())
-        sums = dict.fromkeys(
-            ("inflight", "client_connections", "upstream_active", "upstream_idle", "dns_cache_entries"), 0
-        )
+        sums = dict.fromkeys((name for name, *_ in GAUGES), 0)
         for snapshot in self.latest.values():
             total.add_snapshot(snapshot)
             for name, value in snapshot["gauges"].items():
                 sums[name] += int(value)
-        total.gauges = Gauges(
-            inflight=lambda: sums["inflight"],
-            client_connections=lambda: sums["client_connections"],
-            upstream_active=lambda: sums["upstream_active"],
-            upstream_idle=lambda: sums["upstream_idle"],
-            dns_cache_entries=lambda: sums["dns_cache_entries"],
-        )
+        total.gauges = {name: functools.partial(int, value) for name, value in sums.items()}
         return total.collect()
 
 
