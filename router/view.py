@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from router.discovery.cache import Address, Entry, EntryKind
+from router.discovery.cache import Entry, EntryKind
 from router.proxy.server import ServerState
 
 MAX_LISTED = 1000  # bounds /discovery: a platform may cache far more names than a page should carry
@@ -23,7 +23,7 @@ def deployment_view(state: ServerState, deployment: str) -> dict[str, object]:
     if entry is None:
         return {"deployment": deployment, "state": "missing", "expires_in": None, "addresses": []}
     now = state.loop.time()
-    active = _active_connections(state)
+    active = Counter(state.lent_addresses())
     connector = state.connector
     addresses = [
         {
@@ -63,10 +63,6 @@ def _state_of(entry: Entry, now: float) -> str:
     if entry.kind is EntryKind.FORBIDDEN:
         return "forbidden"
     return "stale" if entry.stale or now >= entry.expires_at else "fresh"
-
-
-def _active_connections(state: ServerState) -> Counter[Address]:
-    return Counter(address for address in state.lent_addresses())
 
 
 # --- several workers: each has its own cache and connections; the supervisor merges what they report ------

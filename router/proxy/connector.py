@@ -99,15 +99,18 @@ class Connector:
         if self.pool.may_reuse(
             upstream.address, upstream, request_whole=request_whole, framed_response=framed_response
         ):
-            self.keep(upstream)
+            self._release(upstream)
         else:
             upstream.close()
 
     def keep(self, upstream: UpstreamConnection) -> None:
-        """Pool a connection between messages (a fresh one the requester no longer needs, or a reusable one)."""
+        """Pool a fresh connection the requester no longer needs, unless DNS has dropped its address."""
         if self.pool.retired and upstream.address in self.pool.retired:
             upstream.close()
-            return
+        else:
+            self._release(upstream)
+
+    def _release(self, upstream: UpstreamConnection) -> None:
         surplus = self.pool.release(upstream.address, upstream, self.loop.time())
         if surplus is not None:
             surplus.close()
