@@ -6,9 +6,12 @@ import asyncio
 import json
 
 import aiohttp
+import pytest
 
 from router.app import Router
 from router.demo.dns import DemoDnsServer
+from router.discovery.resolver import DnsResolver, NameNotFound
+from router.options import Resolver
 from tests.support import BackendFactory, RouterFactory, free_port
 
 
@@ -142,3 +145,22 @@ async def test_new_deployment_is_found_once_the_negative_ttl_passes(
     await asyncio.sleep(0.4)
     assert (await get(router, "/services/fresh/"))[0] == 200
     assert dns.query_count("fresh") == 2
+
+
+async def test_resolver_asks_the_server_every_time_and_never_answers_from_a_cache(dns: DemoDnsServer) -> None:
+    # c-ares caches answers in its channel for their TTL (NXDOMAIN: the SOA's); the router's cache is the one cache.
+    resolver = DnsResolver([Resolver(dns.host, dns.port)], timeout_s=1.0, tries=1)
+    try:
+        dns.set_a("moved", ["127.0.0.2"], ttl=3600)
+        assert (await resolver.lookup_a("moved.whaleray.local")).hosts == ("127.0.0.2",)
+        dns.set_a("moved", ["127.0.0.3"], ttl=3600)
+        assert (await resolver.lookup_a("moved.whaleray.local")).hosts == ("127.0.0.3",)
+        with pytest.raises(NameNotFound):
+            await resolver.lookup_a("born.whaleray.local")
+        dns.set_a("born", ["127.0.0.4"], ttl=3600)
+        assert (await resolver.lookup_a("born.whaleray.local")).hosts == ("127.0.0.4",)
+        both = await asyncio.gather(*(resolver.lookup_a(name) for name in ("moved.whaleray.local",) * 2))
+        assert [answer.hosts for answer in both] == [("127.0.0.3",)] * 2
+        assert (dns.query_count("moved"), dns.query_count("born")) == (4, 2)
+    finally:
+        await resolver.close()

@@ -123,12 +123,24 @@ def harness() -> Iterator[Harness]:
         )
     )
     loop.run_until_complete(router.start())
-    yield Harness(router, loop, backend, errors, open_descriptors())
+    baseline = loop.run_until_complete(standing_descriptors(router.port))
+    yield Harness(router, loop, backend, errors, baseline)
     loop.run_until_complete(router.stop())
     server.close()
     dns.close()
     loop.run_until_complete(asyncio.sleep(0.05))
     loop.close()
+
+
+async def standing_descriptors(port: int) -> int:
+    """What the process holds once the router has answered a request: its listener, its resolver's channel, and
+    (as in every later check) what the running event loop holds."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /services/nobody/ HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert (await reader.read()).startswith(b"HTTP/1.1 502 ")
+    writer.close()
+    await writer.wait_closed()
+    return open_descriptors()
 
 
 async def exchange(port: int, target: bytes) -> tuple[int, dict[str, str], bytes] | None:

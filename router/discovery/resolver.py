@@ -2,20 +2,26 @@
 
 aiodns 4 deprecates `query()` for `query_dns()` (pycares 5 results); that churn stays in this file. c-ares
 tries the resolvers in the configured order, moving to the next one on a timeout, SERVFAIL or REFUSED, and
-makes at most `tries` rounds, each query waiting `timeout_s`.
+makes at most `tries` rounds, each query waiting `timeout_s`; an open channel tries the resolvers that failed
+lately last.
 
-Each lookup uses a channel of its own. Since 1.31 c-ares caches every answer in its channel for up to an
-hour (NXDOMAIN included, and it hands cached answers back with their original TTL), and pycares 5 offers no
-way to turn that off (`qcache_max_ttl`). A long-lived channel would override `--dns-max-ttl` and
-`--dns-negative-ttl`: a replaced backend or a new deployment would stay invisible for as long as c-ares
-liked. The router's own cache (discovery/cache.py) is the only cache; a channel costs about 0.25 ms of CPU
-per query, and queries happen only on misses and refreshes.
+Since 1.31 c-ares caches every answer in its channel, for the record's TTL or (NXDOMAIN) the SOA's, and
+pycares 5 offers no way to turn that off (`qcache_max_ttl`). Answered from that cache, a refresh would
+override `--dns-max-ttl` and `--dns-negative-ttl`: a replaced backend or a new deployment would stay
+invisible for as long as c-ares liked. The router's own cache (discovery/cache.py) must be the only cache.
+A channel's cache can only answer a question the channel has been asked before, so no channel is asked the
+same question twice: a repeated question (a refresh, a retry after NXDOMAIN) opens a new channel and the old
+one closes once its queries are done. A lookup on an open channel costs about 0.2 ms of CPU; opening a channel
+(c-ares reads the system configuration and starts its event thread) about as much again, once per refresh
+round over all names rather than once per query.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import aiodns
 import pycares
@@ -59,28 +65,72 @@ def _nameserver(resolver: Resolver) -> str:
     return f"{host}:{resolver.port}"
 
 
+# Bounds what one channel's cache can hold: a stream of never-seen names moves to a new channel this often.
+MAX_QUESTIONS_PER_CHANNEL: Final = 4096
+
+
+class _Channel:
+    """One c-ares channel and the questions it has been asked."""
+
+    __slots__ = ("resolver", "asked", "pending")
+
+    def __init__(self, resolver: aiodns.DNSResolver) -> None:
+        self.resolver = resolver
+        self.asked: set[tuple[str, str]] = set()
+        self.pending = 0
+
+    def may_ask(self, question: tuple[str, str]) -> bool:
+        return question not in self.asked and len(self.asked) < MAX_QUESTIONS_PER_CHANNEL
+
+
 class DnsResolver:
     def __init__(self, resolvers: Sequence[Resolver], *, timeout_s: float, tries: int) -> None:
         self._nameservers = [_nameserver(resolver) for resolver in resolvers]
         self._timeout_s = timeout_s
         self._tries = tries
-        self._open: set[aiodns.DNSResolver] = set()
+        self._current: _Channel | None = None
+        self._retired: set[_Channel] = set()  # still answering queries asked before a newer channel opened
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _channel_for(self, question: tuple[str, str]) -> _Channel:
+        channel = self._current
+        if channel is None or not channel.may_ask(question):
+            if channel is not None:
+                self._retire(channel)
+            channel = self._current = _Channel(
+                aiodns.DNSResolver(
+                    nameservers=self._nameservers, timeout=self._timeout_s, tries=self._tries, rotate=False
+                )
+            )
+        channel.asked.add(question)
+        return channel
+
+    def _retire(self, channel: _Channel) -> None:
+        if channel.pending:
+            self._retired.add(channel)
+        else:
+            self._close_later(channel)
+
+    def _close_later(self, channel: _Channel) -> None:
+        task = asyncio.get_running_loop().create_task(channel.resolver.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _query(self, name: str, qtype: str) -> pycares.DNSResult:
-        channel = aiodns.DNSResolver(
-            nameservers=self._nameservers, timeout=self._timeout_s, tries=self._tries, rotate=False
-        )
-        self._open.add(channel)
+        channel = self._channel_for((name.lower().rstrip("."), qtype))
+        channel.pending += 1
         try:
-            return await channel.query_dns(name, qtype)
+            return await channel.resolver.query_dns(name, qtype)
         except aiodns.error.DNSError as error:
             status = error.args[0] if error.args else None
             if status in _NOT_FOUND_STATUSES:
                 raise NameNotFound(name) from None
             raise ResolverFailure(f"{name}: {error.args[-1] if error.args else error}") from None
         finally:
-            self._open.discard(channel)
-            await channel.close()
+            channel.pending -= 1
+            if not channel.pending and channel in self._retired:
+                self._retired.discard(channel)
+                self._close_later(channel)
 
     async def lookup_a(self, name: str) -> Answer:
         result = await self._query(name, "A")
@@ -119,8 +169,12 @@ class DnsResolver:
         return SrvAnswer(tuple(targets), float(ttl))
 
     async def close(self) -> None:
-        for channel in list(self._open):
-            await channel.close()
+        channels = [*self._retired, *([self._current] if self._current is not None else [])]
+        self._current = None
+        self._retired.clear()
+        for channel in channels:
+            await channel.resolver.close()
+        await asyncio.gather(*self._closing)
 
 
 def _a_records(records: list[pycares.DNSRecord]) -> list[tuple[str, float]]:
