@@ -18,14 +18,14 @@ $(STAMP): pyproject.toml setup.py scripts/bootstrap-venv.sh
 	PYTHON=$(PYTHON) scripts/bootstrap-venv.sh dev
 	touch $@ $(RUNTIME_STAMP)
 
-# What the router needs to run, and no development tool (make demo).
+# What the router and the demo need to run, and no development tool (make demo).
 $(RUNTIME_STAMP): pyproject.toml setup.py scripts/bootstrap-venv.sh
-	PYTHON=$(PYTHON) scripts/bootstrap-venv.sh
+	PYTHON=$(PYTHON) scripts/bootstrap-venv.sh demo
 	touch $@
 
 ## make demo: the router, a DNS server standing in for Cloud Map and demo backends, all on loopback
 demo: $(RUNTIME_STAMP)
-	$(BIN)/whaleray-router demo
+	$(BIN)/python -m whaleray_demo
 
 ## make test: lint, types, Terraform's checks and the whole test suite (what .ci/run runs)
 test: lint types tools terraform pytest
@@ -44,11 +44,11 @@ $(TOOLS_STAMP): Makefile
 tools: $(TOOLS_STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check router tests benchmarks scripts setup.py
-	$(BIN)/ruff format --check router tests benchmarks scripts setup.py
+	$(BIN)/ruff check router whaleray_demo tests benchmarks scripts setup.py
+	$(BIN)/ruff format --check router whaleray_demo tests benchmarks scripts setup.py
 
 types: $(STAMP)
-	$(BIN)/mypy --strict router
+	$(BIN)/mypy --strict router whaleray_demo
 
 # The pure-Python build runs these; the compiled build runs the whole suite.
 PURE_TESTS := tests/test_process.py tests/test_operator.py tests/test_units.py tests/test_tenant_isolation.py tests/test_response_fuzz.py
@@ -80,15 +80,19 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.plot
 
-## make lock: regenerate docker/requirements.lock (pinned, with hashes) from pyproject.toml's dependencies
+## make lock: regenerate docker/requirements.lock (pinned, with hashes) from pyproject.toml's dependencies, and
+## docker/requirements-demo.lock from its `demo` extra alone (the image's demo stage adds it to the runtime)
 lock: $(TOOLS_STAMP)
 	$(TOOLS)/bin/python -m pip install --quiet pip-tools
 	$(TOOLS)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
 	  --output-file docker/requirements.lock pyproject.toml
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["demo"], sep="\n")' \
+	  | $(TOOLS)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --output-file docker/requirements-demo.lock -
 
 fmt: $(STAMP)
-	$(BIN)/ruff format router tests benchmarks
-	$(BIN)/ruff check --fix router tests benchmarks
+	$(BIN)/ruff format router whaleray_demo tests benchmarks scripts setup.py
+	$(BIN)/ruff check --fix router whaleray_demo tests benchmarks scripts setup.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info .mypyc

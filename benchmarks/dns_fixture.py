@@ -12,7 +12,7 @@ from pathlib import Path
 
 import uvloop
 
-from router.demo.dns import DemoDnsServer
+from whaleray_demo.dns import DemoDnsServer
 
 
 def deployment_address(index: int) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 from benchmarks.proctree import process_tree_fds
 from benchmarks.run import free_port, wait_for_port
-from router.demo.dns import DemoDnsServer
+from whaleray_demo.dns import DemoDnsServer
 
 BACKEND_HOST = "127.0.0.9"
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import json
 import logging
 import os
 import signal
@@ -30,7 +29,10 @@ from router.metrics import Metrics, NullMetrics, register_process_metrics
 from router.proxy.client import ClientConnection
 from router.proxy.server import ServerState
 from router.settings import Settings
+from router.signals import handle_stop_signals
 from router.view import deployment_view, discovery_view, worker_views
+from router.worker_report import REPORT_INTERVAL_S, CountsReport, ViewsReport
+from router.worker_report import encode as encode_report
 
 if TYPE_CHECKING:
     from router.supervisor import WorkerIdentity
@@ -56,10 +58,6 @@ def tick_interval(settings: Settings) -> float:
         settings.upstream_send_timeout_s,
     )
     return min(max(shortest / 4, MIN_TICK_S), MAX_TICK_S)
-
-
-# A worker reports its counts to the supervisor this often (/metrics is at most this stale with --workers).
-REPORT_INTERVAL_S = 1.0
 
 
 class Router:
@@ -156,12 +154,13 @@ class Router:
                 log.warning("supervisor gone, draining")
                 os.kill(os.getpid(), signal.SIGTERM)
             return
+        report: CountsReport | ViewsReport
         if views:  # on demand, between the periodic reports
-            report: dict[str, object] = {"views": worker_views(self.state)}
+            report = ViewsReport(worker_views(self.state))
         else:
-            report = {"metrics": self.metrics.snapshot(), "ready": self._discovery.answered_once}
+            report = CountsReport(self.metrics.snapshot(), self._discovery.answered_once)
             self.state.loop.call_later(REPORT_INTERVAL_S, self._send_report)
-        self._report.write(json.dumps(report, separators=(",", ":")).encode() + b"\n")
+        self._report.write(encode_report(report))
 
     def _schedule_tick(self) -> None:
         assert self.state is not None
@@ -216,24 +215,9 @@ async def run(settings: Settings, worker: WorkerIdentity | None = None) -> int:
         # which protects the resolver shared by the whole task, is divided among the workers.
         settings = dataclasses.replace(settings, admin_port=0, dns_max_qps=settings.dns_max_qps / worker.count)
     loop = asyncio.get_running_loop()
-    stop_requested = asyncio.Event()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen == 1:
-            log.info("signal received, draining", extra={"signal": signal.Signals(signum).name})
-            stop_requested.set()
-        else:  # a second signal: the operator wants out now
-            log.warning("second signal, exiting at once", extra={"signal": signal.Signals(signum).name})
-            logging.shutdown()
-            os._exit(1)  # a raise would only reach the loop's exception handler
-
-    # Before the listener opens: a SIGTERM during start-up must drain, not kill the process outright.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    loop.add_signal_handler(signal.SIGHUP, log_reload_refused)
+    stop_requested = handle_stop_signals(
+        loop, draining="signal received, draining", at_once="second signal, exiting at once"
+    )
     router = Router(settings, reuse_port=worker is not None, report_fd=None if worker is None else worker.report_fd)
     if worker is not None:
         loop.add_signal_handler(signal.SIGUSR1, router.send_views)
@@ -256,11 +240,6 @@ async def run(settings: Settings, worker: WorkerIdentity | None = None) -> int:
         await drain
     await router.stop()
     return 0
-
-
-def log_reload_refused() -> None:
-    """SIGHUP, an Nginx operator's reload: nothing to reload, and no reason to die of it either."""
-    log.warning("SIGHUP ignored: settings come from flags and WHALERAY_* variables; restart the task to apply changes")
 
 
 def serve(settings: Settings, worker: WorkerIdentity | None = None) -> int:

@@ -1,6 +1,7 @@
-"""The `whaleray-router` command: `serve` (the default) runs the router, `demo` runs the loopback demo,
-`--version` prints the version and which build (compiled or pure Python) is installed, `--check` validates the
-settings without starting anything, `inspect <id>` asks a running router's admin port about one deployment.
+"""The `whaleray-router` command: `serve` (the default) runs the router, `--version` prints the version and
+which build (compiled or pure Python) is installed, `--check` validates the settings without starting anything,
+`inspect <id>` asks a running router's admin port about one deployment. (The loopback demo is not part of the
+router: `make demo` runs `python -m whaleray_demo` from the repository.)
 
 With `--workers` other than 1, `serve` runs the supervisor, which starts the workers with the same command
 line. Exit codes: 0 after a clean drain, 2 for bad settings, 1 when start-up fails or a second signal cuts the
@@ -21,9 +22,11 @@ USAGE_ERROR = 2
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "demo":
-        from router.demo.run import main as demo_main
-
-        return demo_main(args[1:])
+        print(
+            "whaleray-router: the loopback demo is not part of the router: run `make demo` in the repository",
+            file=sys.stderr,
+        )
+        return USAGE_ERROR
     if args and args[0] == "inspect":
         from router.inspector import main as inspect_main
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -24,19 +23,20 @@ from prometheus_client import CollectorRegistry
 
 from router import __version__
 from router.admin import AdminServer
-from router.app import log_reload_refused
 from router.build import BUILD
 from router.cpus import WorkerPlan, plan_workers
 from router.logs import setup_logging
 from router.metrics import WorkerMetrics, register_process_metrics
 from router.settings import Settings
+from router.signals import handle_stop_signals
 from router.view import merge_deployment, merge_lists
+from router.worker_report import MAX_REPORT_BYTES, ViewsReport
+from router.worker_report import decode as decode_report
 
 log = logging.getLogger("router.supervisor")
 
 WORKER_ENV = "_WHALERAY_WORKER"  # not WHALERAY_*: no option reads it, and the settings check ignores it
 VIEW_WAIT_S = 2.0  # how long /discovery waits for the workers' answers
-MAX_REPORT_BYTES = 16 << 20  # bounds one worker report line (a full label set of histograms fits easily)
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 QUICK_DEATH_S = 10.0  # a worker that dies sooner than this after starting backs off further
 
@@ -95,29 +95,21 @@ class Supervisor:
         if self.settings.admin_port:
             self._admin = AdminServer(self.settings, self.registry, lambda: self.draining, self.ready, self.view)
             await self._admin.start()
-        stop = asyncio.Event()
-        signals = 0
-
-        def on_signal(signum: int) -> None:
-            nonlocal signals
-            signals += 1
-            if signals == 1:
-                log.info("signal received, draining the workers", extra={"signal": signal.Signals(signum).name})
-                stop.set()
-            else:
-                log.warning("second signal, killing the workers", extra={"signal": signal.Signals(signum).name})
-                for worker in self.workers:
-                    if worker.process is not None and worker.process.returncode is None:
-                        worker.process.kill()
-                os._exit(1)
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_signal, signum)
-        loop.add_signal_handler(signal.SIGHUP, log_reload_refused)
+        stop = handle_stop_signals(
+            loop,
+            draining="signal received, draining the workers",
+            at_once="second signal, killing the workers",
+            before_exit=self._kill_workers,
+        )
         for worker in self.workers:
             self._spawn_later(worker, 0.0)
         await stop.wait()
         return await self._drain()
+
+    def _kill_workers(self) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                worker.process.kill()
 
     def _spawn_later(self, worker: Worker, delay_s: float) -> None:
         task = asyncio.get_running_loop().create_task(self._run_worker(worker, delay_s))
@@ -160,13 +152,13 @@ class Supervisor:
         )
         try:
             while line := await reader.readline():
-                report: dict[str, Any] = json.loads(line)
-                if "views" in report:
-                    worker.views = report["views"]
+                report = decode_report(line)
+                if isinstance(report, ViewsReport):
+                    worker.views = report.views
                     worker.views_arrived.set()
                     continue
-                self.metrics.update(worker.index, report["metrics"])
-                worker.ready = bool(report["ready"])
+                self.metrics.update(worker.index, report.metrics)
+                worker.ready = report.ready
         except (ValueError, asyncio.LimitOverrunError):
             log.exception("unreadable report from a worker", extra={"worker": worker.index})
         finally:

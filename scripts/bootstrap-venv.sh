@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv with the project: `bootstrap-venv.sh` installs what the router needs to run (make demo),
-# `bootstrap-venv.sh dev` adds the development tools (make test). On Debian, `python3 -m venv` needs the python3-venv
+# Create .venv with the project: `bootstrap-venv.sh` installs what the router needs to run, `bootstrap-venv.sh
+# demo` adds the demo's one library (make demo), `bootstrap-venv.sh dev` the development tools (make test). On Debian, `python3 -m venv` needs the python3-venv
 # package (ensurepip); install it when it is missing and we may (root, apt-get), else say what to do.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -18,8 +18,6 @@ import uvloop
 from aiohttp import web
 
 from router.app import Router
-from router.demo.backend import make_app
-from router.demo.dns import DemoDnsServer
 from tests.support import (
     Backend,
     BackendFactory,
@@ -34,6 +32,8 @@ from tests.support import (
     router_settings,
     wait_for_port,
 )
+from whaleray_demo.backend import make_app
+from whaleray_demo.dns import DemoDnsServer
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], object]]:

@@ -15,11 +15,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from router.app import Router
-from router.demo.dns import DemoDnsServer
 from router.settings import Settings, load_settings
+from whaleray_demo.dns import DemoDnsServer
 
 # The name the router asks about on start to learn that its resolver answers (for /ready).
 PROBE = "_whaleray-probe"
@@ -231,12 +232,28 @@ class RouterProcess:
         raise AssertionError("no VmRSS")
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
+async def wait_for(condition: Callable[[], bool | Awaitable[bool]], seconds: float = 10) -> None:
+    """Poll `condition` (a plain or an async function) until it holds; fail after `seconds`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    while not await condition():
+    while True:
+        met = condition()
+        if not isinstance(met, bool):
+            met = await met
+        if met:
+            return
         assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
+
+
+async def admin_ready(admin_port: int) -> bool:
+    """/ready answers 200: with --workers, every worker has started listening and reported a resolver answer."""
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{admin_port}/ready") as response:
+        return response.status == 200
+
+
+async def workers_serving(router: RouterProcess, count: int) -> bool:
+    return len(children_of(router.process.pid)) == count and await admin_ready(router.admin_port)
 
 
 async def wait_for_port(port: int, deadline_s: float = 10.0) -> None:
@@ -254,10 +271,13 @@ async def wait_for_port(port: int, deadline_s: float = 10.0) -> None:
             return
 
 
-def slow_app(delay_s: float, text: str = "done") -> web.Application:
-    """A backend that answers every GET after `delay_s`: a request that stays in flight."""
+def slow_app(delay_s: float, text: str = "done", arrivals: list[str] | None = None) -> web.Application:
+    """A backend that answers every GET after `delay_s`: a request that stays in flight. The path of every
+    request that reached it goes to `arrivals`, as it arrives."""
 
     async def slow(request: web.Request) -> web.Response:
+        if arrivals is not None:
+            arrivals.append(request.path)
         await asyncio.sleep(delay_s)
         return web.Response(text=text)
 

@@ -9,10 +9,10 @@ import aiohttp
 import pytest
 
 from router.app import Router
-from router.demo.dns import DemoDnsServer
 from router.discovery.resolver import DnsResolver, NameNotFound
 from router.options import Resolver
 from tests.support import BackendFactory, RouterFactory, free_port
+from whaleray_demo.dns import DemoDnsServer
 
 
 async def get(router: Router, path: str) -> tuple[int, dict[str, object]]:

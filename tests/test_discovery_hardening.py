@@ -11,11 +11,11 @@ from collections import Counter
 import aiohttp
 
 from router.app import Router
-from router.demo.backend import start_backend
-from router.demo.dns import DemoDnsServer, SrvTarget
 from router.proxy.server import ServerState
 from router.view import deployment_view
 from tests.support import PROBE, Backend, BackendFactory, RouterFactory, free_port
+from whaleray_demo.backend import start_backend
+from whaleray_demo.dns import DemoDnsServer, SrvTarget
 
 
 async def get(session: aiohttp.ClientSession, router: Router, path: str) -> tuple[int, dict[str, object]]:

@@ -23,10 +23,10 @@ import yaml
 from dnslib import QTYPE, RR
 
 from router.app import Router
-from router.demo.backend import start_backend
-from router.demo.dns import DemoDnsServer
 from router.settings import build_parser, settings_from
 from tests.support import free_port, router_settings
+from whaleray_demo.backend import start_backend
+from whaleray_demo.dns import DemoDnsServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -34,6 +34,20 @@ TOOLS = ROOT / ".ci-tools" / "bin"  # installed by `make tools` (make test runs 
 COMPOSE: dict[str, Any] = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
 ZONE = (DOCKER / "whaleray.local.zone").read_text()
 BACKENDS = ("hello", "api", "api-2")
+
+
+PROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def requirement_name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement)[0].lower()
+
+
+def locked(lock_file: str) -> set[str]:
+    """The names a lock file in docker/ pins, after checking that every pin carries a hash."""
+    lock = (DOCKER / lock_file).read_text()
+    assert all("--hash=sha256:" in block for block in lock.split("==")[1:]), f"{lock_file}: a pin without a hash"
+    return {line.split("==")[0] for line in lock.splitlines() if "==" in line and not line.startswith("#")}
 
 
 def service_address(name: str) -> str:
@@ -148,15 +162,25 @@ INSTRUCTIONS = [
 ]
 
 
+def stage(name: str) -> list[str]:
+    """The instructions of one stage of the Dockerfile, its FROM line first."""
+    start = next(i for i, line in enumerate(INSTRUCTIONS) if line.startswith("FROM ") and line.endswith(f" AS {name}"))
+    end = next((i for i in range(start + 1, len(INSTRUCTIONS)) if INSTRUCTIONS[i].startswith("FROM ")), None)
+    return INSTRUCTIONS[start:end]
+
+
 def test_dockerfile_rules() -> None:
-    froms = [line for line in INSTRUCTIONS if line.startswith("FROM ")]
-    assert len(froms) == 2  # builder and runtime
-    images = {line.split()[1] for line in froms}
-    assert len(images) == 1  # the same Python and Debian release in both stages
+    froms = [line.split() for line in INSTRUCTIONS if line.startswith("FROM ")]
+    stages = [words[-1] for words in froms]
+    assert stages == ["builder", "runtime", "demo-wheels", "demo", "release"]
+    assert stage("release") == ["FROM runtime AS release"]  # a plain build makes the last stage: the runtime
+    images = {words[1] for words in froms if words[1] not in stages}
+    assert len(images) == 1  # the same Python and Debian release in the builder and the runtime
     assert re.fullmatch(r"python:3\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", images.pop())  # tag and digest
-    users = [line for line in INSTRUCTIONS if line.startswith("USER ")]
-    assert users
-    assert users[-1].split()[1].split(":")[0] not in ("root", "0")
+    for name in ("runtime", "demo"):
+        users = [line for line in stage(name) if line.startswith("USER ")]
+        assert users
+        assert users[-1].split()[1].split(":")[0] not in ("root", "0")
     entrypoint = [line for line in INSTRUCTIONS if line.startswith("ENTRYPOINT ")]
     assert len(entrypoint) == 1
     assert json.loads(entrypoint[0].removeprefix("ENTRYPOINT ")) == ["whaleray-router"]  # exec form
@@ -169,8 +193,7 @@ def test_dockerfile_rules() -> None:
 def test_image_compiles_the_data_plane_in_the_builder_only() -> None:
     """The compiler is installed in the builder stage, which builds the wheel; the runtime stage installs it
     and refuses to finish unless the router it installed is the compiled build."""
-    runtime_start = next(i for i, line in enumerate(INSTRUCTIONS) if line.startswith("FROM ") and " AS runtime" in line)
-    builder, runtime = INSTRUCTIONS[:runtime_start], INSTRUCTIONS[runtime_start:]
+    builder, runtime = stage("builder"), stage("runtime")
     assert any("apt-get install" in line and " gcc " in line for line in builder)
     assert not any("gcc" in line for line in runtime)
     assert "COPY pyproject.toml setup.py README.md ./" in builder
@@ -183,8 +206,7 @@ def test_image_compiles_the_data_plane_in_the_builder_only() -> None:
 
 
 def test_image_installs_the_locked_dependencies_by_hash_and_keeps_no_wheel() -> None:
-    runtime_start = next(i for i, line in enumerate(INSTRUCTIONS) if line.startswith("FROM ") and " AS runtime" in line)
-    builder, runtime = INSTRUCTIONS[:runtime_start], INSTRUCTIONS[runtime_start:]
+    builder, runtime = stage("builder"), stage("runtime")
     fetch = next(line for line in builder if line.startswith("RUN pip wheel"))
     assert "--require-hashes" in fetch
     assert "-r requirements.lock" in fetch
@@ -193,18 +215,41 @@ def test_image_installs_the_locked_dependencies_by_hash_and_keeps_no_wheel() -> 
     assert "--mount=type=bind,from=builder,source=/wheels,target=/wheels" in install
     assert "--require-hashes -r /tmp/requirements.lock" in install
     assert not [line for line in runtime if line.startswith("COPY") and "wheels" in line]
-    lock = (DOCKER / "requirements.lock").read_text()
-    pinned = {line.split("==")[0] for line in lock.splitlines() if "==" in line and not line.startswith("#")}
-    for requirement in tomllib.loads((DOCKER.parent / "pyproject.toml").read_text())["project"]["dependencies"]:
-        name = re.split(r"[<>=!~\[ ;]", requirement)[0].lower()
-        assert name in pinned, f"{name} is not locked"
-    assert all("--hash=sha256:" in block for block in lock.split("==")[1:])
+    assert {requirement_name(line) for line in PROJECT["dependencies"]} <= locked("requirements.lock")
+
+
+def test_runtime_image_and_wheel_carry_no_demo() -> None:
+    runtime = stage("runtime")
+    assert not [line for line in runtime if "demo" in line]
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"] == {
+        "include": ["router*"]
+    }
+    assert "dnslib" not in {requirement_name(line) for line in PROJECT["dependencies"]}
+    assert "dnslib" not in locked("requirements.lock")
+
+
+def test_demo_stage_adds_the_demo_and_its_locked_library_to_the_runtime() -> None:
+    fetch = next(line for line in stage("demo-wheels") if line.startswith("RUN pip wheel"))
+    assert "--require-hashes" in fetch
+    assert "-r requirements-demo.lock" in fetch
+    install = next(line for line in stage("demo") if line.startswith("RUN ") and "pip install" in line)
+    assert "--require-hashes -r /tmp/requirements-demo.lock" in install
+    assert "--no-index" in install
+    assert "COPY whaleray_demo /opt/whaleray-demo/whaleray_demo" in stage("demo")
+    assert {requirement_name(line) for line in PROJECT["optional-dependencies"]["demo"]} <= locked(
+        "requirements-demo.lock"
+    )
+    demo_services = [name for name, service in COMPOSE["services"].items() if "whaleray_demo" in str(service)]
+    assert demo_services == ["dns", "hello", "api", "api-2"]
+    assert COMPOSE["x-image"]["build"]["target"] == "demo"
 
 
 def test_dockerignore_keeps_the_context_to_what_the_image_needs() -> None:
     ignore = (DOCKER / ".dockerignore").read_text().split()
     assert ignore[ignore.index("*")] == "*"  # everything out, then only what the build copies
-    assert {"!pyproject.toml", "!setup.py", "!README.md", "!router/", "router/**/*.so"} <= set(ignore)
+    assert {"!pyproject.toml", "!setup.py", "!README.md", "!router/", "router/**/*.so", "!whaleray_demo/"} <= set(
+        ignore
+    )
     assert (DOCKER / "Dockerfile.dockerignore").resolve() == (DOCKER / ".dockerignore").resolve()
 
 

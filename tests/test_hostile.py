@@ -11,8 +11,8 @@ import time
 import pytest
 
 from router.app import Router
-from router.demo.dns import DemoDnsServer
 from tests.support import RawBackendFactory, RouterFactory, ScriptedFactory, open_client, raw_request, status_of
+from whaleray_demo.dns import DemoDnsServer
 
 SMUGGLING = {
     "cl_te": (

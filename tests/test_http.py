@@ -13,7 +13,6 @@ import pytest
 from aiohttp import web
 
 from router.app import Router
-from router.demo.dns import DemoDnsServer
 from tests.support import (
     BackendFactory,
     RawBackendFactory,
@@ -24,6 +23,7 @@ from tests.support import (
     read_response,
     status_of,
 )
+from whaleray_demo.dns import DemoDnsServer
 
 MiB = 1 << 20
 

@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.demo.dns import DemoDnsServer
-from tests.support import BackendFactory, RouterFactory, RouterProcess, free_port, read_response, slow_app
+from tests.support import BackendFactory, RouterFactory, RouterProcess, free_port, read_response, slow_app, wait_for
+from whaleray_demo.dns import DemoDnsServer
 
 StartRouter = Callable[..., Awaitable[RouterProcess]]
 
@@ -21,6 +21,12 @@ StartRouter = Callable[..., Awaitable[RouterProcess]]
 async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, str], bytes]:
     async with session.get(url) as response:
         return response.status, dict(response.headers), await response.read()
+
+
+async def draining(port: int) -> bool:
+    """The router has taken the first signal: its /health says so."""
+    async with aiohttp.ClientSession() as session:
+        return (await get(session, f"http://127.0.0.1:{port}/health"))[0] == 503
 
 
 async def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -173,7 +179,8 @@ async def test_ready_waits_for_the_first_dns_answer(make_router: RouterFactory, 
 async def test_drain_finishes_requests_in_flight_then_refuses_new_connections(
     router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
 ) -> None:
-    app = slow_app(1.2, "done")
+    arrivals: list[str] = []
+    app = slow_app(1.2, "done", arrivals)
     dns.set_a("hello", ["127.0.0.2"])
     await backend("127.0.0.2", app=app)
     router = await router_process("--drain-delay", "0.6", "--drain-timeout", "10")
@@ -183,9 +190,9 @@ async def test_drain_finishes_requests_in_flight_then_refuses_new_connections(
     assert (await read_response(idle_reader))[0] == 200  # now an idle keep-alive connection
     async with aiohttp.ClientSession() as session:
         slow_requests = [asyncio.create_task(get(session, f"{base}/services/hello/slow")) for _ in range(3)]
-        await asyncio.sleep(0.3)
+        await wait_for(lambda: len(arrivals) == 3)
         router.process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.2)
+        await wait_for(lambda: draining(router.port))
         async with aiohttp.ClientSession() as fresh:  # during the drain delay: still accepted, health says 503
             status, _, body = await get(fresh, f"{base}/health")
             assert (status, json.loads(body)) == (503, {"status": "draining"})
@@ -209,7 +216,7 @@ async def test_second_signal_exits_at_once(
 ) -> None:
     router = await router_process("--drain-delay", "30")
     router.process.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: draining(router.port))
     router.process.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(router.process.wait(), 5) == 1
 
@@ -217,17 +224,17 @@ async def test_second_signal_exits_at_once(
 async def test_in_flight_cap_answers_503_at_once(
     make_router: RouterFactory, dns: DemoDnsServer, backend: BackendFactory
 ) -> None:
-    app = slow_app(0.5, "ok")
+    arrivals: list[str] = []
+    app = slow_app(0.5, "ok", arrivals)
     dns.set_a("hello", ["127.0.0.2"])
     await backend("127.0.0.2", app=app)
     router = await make_router("--deployment-max-inflight", "2")
     base = f"http://127.0.0.1:{router.port}"
     async with aiohttp.ClientSession() as session:
-        started = time.monotonic()
         first = [asyncio.create_task(get(session, f"{base}/services/hello/a")) for _ in range(2)]
-        await asyncio.sleep(0.15)
+        await wait_for(lambda: len(arrivals) == 2)
         status, _, body = await get(session, f"{base}/services/hello/b")
-        assert time.monotonic() - started < 0.45  # not queued behind the slow ones
+        assert not any(request.done() for request in first)  # answered at once, not queued behind them
         assert (status, json.loads(body)["code"]) == (503, "deployment_overloaded")
         assert [result[0] for result in await asyncio.gather(*first)] == [200, 200]
         assert (await get(session, f"{base}/services/hello/c"))[0] == 200  # the slots came back

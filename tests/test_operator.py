@@ -12,9 +12,9 @@ from pathlib import Path
 
 import aiohttp
 
-from router.demo.dns import DemoDnsServer
-from router.demo.run import try_these
 from tests.support import BackendFactory, RouterProcess, free_port, raw_request, run_cli, wait_for
+from whaleray_demo.dns import DemoDnsServer
+from whaleray_demo.run import try_these
 
 StartRouter = Callable[..., Awaitable[RouterProcess]]
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -302,5 +302,11 @@ def test_demo_installs_the_runtime_only() -> None:
     assert demo_rule is not None
     assert demo_rule.group(1).strip() == "$(RUNTIME_STAMP)"
     runtime_rule = makefile.split("$(RUNTIME_STAMP): ", 1)[1].split("\n\n", 1)[0]
-    assert "scripts/bootstrap-venv.sh\n" in runtime_rule + "\n"
+    assert "scripts/bootstrap-venv.sh demo\n" in runtime_rule + "\n"
     assert "bootstrap-venv.sh dev" not in runtime_rule
+
+
+def test_the_router_command_points_a_demo_user_to_make_demo() -> None:
+    result = run_cli("demo")
+    assert result.returncode == 2
+    assert "make demo" in result.stderr

@@ -9,8 +9,8 @@ from collections import Counter
 import aiohttp
 
 from router.app import Router
-from router.demo.dns import DemoDnsServer
 from tests.support import BackendFactory, RouterFactory, ScriptedFactory, raw_request, status_of, wait_for
+from whaleray_demo.dns import DemoDnsServer
 
 
 async def get_many(router: Router, path: str, count: int) -> list[tuple[int, bytes]]:
@@ -56,7 +56,7 @@ async def test_idle_pooled_connections_expire(
     instance = await backend("127.0.0.2")
     await get_many(router, "/services/hello/x", 1)
     assert idle_connections(router) == 1
-    await wait_for(lambda: asyncio.sleep(0, idle_connections(router) == 0), seconds=3)
+    await wait_for(lambda: idle_connections(router) == 0, seconds=3)
     await get_many(router, "/services/hello/x", 1)
     assert instance.connection_count == 2
     assert router.state is not None

@@ -13,9 +13,9 @@ from aiohttp import web
 
 from router import __version__
 from router.build import BUILD
-from router.demo.dns import DemoDnsServer
 from router.options import OPTIONS
-from tests.support import BackendFactory, RouterProcess, read_response, run_cli, slow_app
+from tests.support import BackendFactory, RouterProcess, read_response, run_cli, slow_app, wait_for
+from whaleray_demo.dns import DemoDnsServer
 
 MiB = 1 << 20
 StartRouter = Callable[..., Awaitable[RouterProcess]]
@@ -71,14 +71,15 @@ def test_unknown_whaleray_variable_is_an_error() -> None:
 async def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(
     router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
 ) -> None:
-    app = slow_app(1.0, "finished")
+    arrivals: list[str] = []
+    app = slow_app(1.0, "finished", arrivals)
     dns.set_a("hello", ["127.0.0.2"])
     await backend("127.0.0.2", app=app)
     router = await router_process("--drain-delay", "0.2", "--drain-timeout", "5")
     reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
     writer.write(b"GET /services/hello/slow HTTP/1.1\r\nHost: h\r\n\r\n")
     await writer.drain()
-    await asyncio.sleep(0.3)  # the request is at the backend
+    await wait_for(lambda: arrivals == ["/slow"])
     router.process.send_signal(signal.SIGTERM)
     status, headers, body = await asyncio.wait_for(read_response(reader), 10)
     writer.close()

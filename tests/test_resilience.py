@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.app import Router
-from router.demo.dns import DemoDnsServer
 from router.proxy.client import ClientConnection
 from router.proxy.exchange import Exchange
 from router.proxy.upstream import UpstreamConnection
@@ -28,6 +27,7 @@ from tests.support import (
     read_response,
     wait_for,
 )
+from whaleray_demo.dns import DemoDnsServer
 
 KNOWN_STATUSES = {200, 308, 400, 404, 405, 408, 413, 431, 502, 503, 504}
 
@@ -241,16 +241,13 @@ async def test_faulty_backend_at_volume_gets_its_status_and_leaves_nothing_behin
     for _ in range(4):
         answers = await asyncio.gather(*(one() for _ in range(50)))
         assert set(answers) == {(status, code)}
-    await asyncio.sleep(0.1)  # the last closes reach the router
-    assert router.state is not None
-    assert (router.state.inflight, len(router.state.connections)) == (0, 0)
+    state = router.state
+    assert state is not None
+    await wait_for(lambda: (state.inflight, len(state.connections)) == (0, 0), seconds=5)  # the last closes arrive
     assert live_router_objects() == objects_before
 
-    async def descriptors_released() -> bool:  # the test's own backend closes its ends once it notices
-        await asyncio.sleep(0.05)
-        return open_descriptors() <= descriptors_before
-
-    await wait_for(descriptors_released, seconds=5)
+    # The test's own backend closes its ends once it notices.
+    await wait_for(lambda: open_descriptors() <= descriptors_before, seconds=5)
 
 
 async def test_backend_restarting_on_a_new_address_fails_only_while_its_old_address_is_dead(
@@ -274,7 +271,7 @@ async def test_backend_restarting_on_a_new_address_fails_only_while_its_old_addr
                     outcomes.append((loop.time(), response.status, payload.get("backend") or payload.get("code")))
 
     clients = [asyncio.create_task(client()) for _ in range(4)]
-    await asyncio.sleep(0.5)
+    await wait_for(lambda: len(outcomes) >= 20)  # every client has reached the old task
     await old.stop()  # the task dies: its pooled connections close, its address refuses
     await backend("127.0.0.3", name="new")
     dns.set_a("restarts", ["127.0.0.3"], ttl=1)

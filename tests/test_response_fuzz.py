@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from router.app import Router
-from router.demo.dns import DemoDnsServer
 from tests.support import free_port, read_response, router_settings
+from whaleray_demo.dns import DemoDnsServer
 
 # Every hostile piece carries this marker, in its headers or its body: it must never reach the second client.
 MARK = b"leak"

@@ -10,8 +10,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from router.app import Router
-from router.demo.dns import DemoDnsServer, SrvTarget
 from tests.support import PROBE, BackendFactory, RawBackendFactory, free_port, raw_request, status_of
+from whaleray_demo.dns import DemoDnsServer, SrvTarget
 
 
 async def fetch(

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from router.app import Router
-from router.demo.dns import DemoDnsServer
 from tests.support import (
     RawBackendFactory,
     RouterFactory,
@@ -28,6 +27,7 @@ from tests.support import (
     status_of,
     wait_for,
 )
+from whaleray_demo.dns import DemoDnsServer
 
 GET = b"GET /services/tenant/%s HTTP/1.1\r\nHost: h\r\n\r\n"
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

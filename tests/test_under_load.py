@@ -16,8 +16,8 @@ import httptools
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.demo.dns import DemoDnsServer
-from tests.support import BackendFactory, RouterProcess, children_of, read_response, wait_for
+from tests.support import BackendFactory, RouterProcess, children_of, read_response, wait_for, workers_serving
+from whaleray_demo.dns import DemoDnsServer
 
 MiB = 1 << 20
 StartRouter = Callable[..., Awaitable[RouterProcess]]
@@ -88,7 +88,7 @@ async def test_sigterm_under_load_answers_every_request_that_started(
     may_connect, stop = asyncio.Event(), asyncio.Event()
     may_connect.set()
     clients = [asyncio.create_task(keep_alive_client(router.port, tally, may_connect, stop)) for _ in range(32)]
-    await asyncio.sleep(1.0)
+    await wait_for(lambda: len(tally.answered) >= 200)  # under load: every client has requests in flight
     loop = asyncio.get_running_loop()
     signalled_at = loop.time()
     router.process.send_signal(signal.SIGTERM)
@@ -132,15 +132,13 @@ async def test_worker_killed_under_load_is_restarted_while_the_other_keeps_servi
     dns.set_a("hello", ["127.0.0.2"])
     await backend("127.0.0.2")
     router = await router_process("--workers", "2", "--access-log", "off")
-    await wait_for(lambda: asyncio.sleep(0, len(children_of(router.process.pid)) == 2))
-    await asyncio.sleep(0.5)  # both workers listening
+    await wait_for(lambda: workers_serving(router, 2))
     tally, stop = LoadTally(), asyncio.Event()
     concurrency = 8
     clients = [asyncio.create_task(new_connection_client(router.port, tally, stop)) for _ in range(concurrency)]
-    await asyncio.sleep(1.0)
     loop = asyncio.get_running_loop()
-    before_kill = {request_id[:12] for _, _, request_id in tally.answered}  # each worker has its own id prefix
-    assert len(before_kill) == 2
+    # Both workers answer (each has its own request-id prefix) before one is killed.
+    await wait_for(lambda: len({request_id[:12] for _, _, request_id in tally.answered}) == 2)
     victim, survivor = sorted(children_of(router.process.pid))
     killed_at = loop.time()
     os.kill(victim, signal.SIGKILL)

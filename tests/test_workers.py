@@ -17,9 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.cpus import SUPERVISOR_MIB, WORKER_MIB, available_cpus, cgroup_cpu_quota, plan_workers
-from router.demo.dns import DemoDnsServer
-from tests.support import BackendFactory, RouterProcess, wait_for
+from tests.support import BackendFactory, RouterProcess, wait_for, workers_serving
 from tests.support import children_of as children
+from whaleray_demo.dns import DemoDnsServer
 
 StartRouter = Callable[..., Awaitable[RouterProcess]]
 
@@ -51,8 +51,7 @@ async def test_two_workers_share_the_port_and_metrics_add_up(
     dns.set_a("hello", ["127.0.0.2"])
     await backend("127.0.0.2")
     router = await router_process("--workers", "2")
-    await wait_for(lambda: asyncio.sleep(0, len(children(router.process.pid)) == 2))
-    await asyncio.sleep(0.5)  # both workers listening
+    await wait_for(lambda: workers_serving(router, 2))
     results = await request_ids(router.port, 40)
     assert {status for status, _ in results} == {200}
     prefixes = {request_id[:12] for _, request_id in results}  # each worker has its own request-id prefix
@@ -79,35 +78,34 @@ async def test_killed_worker_is_restarted_while_the_other_keeps_serving(
     dns.set_a("hello", ["127.0.0.2"])
     await backend("127.0.0.2")
     router = await router_process("--workers", "2")
-    await wait_for(lambda: asyncio.sleep(0, len(children(router.process.pid)) == 2))
-    await asyncio.sleep(0.5)
+    await wait_for(lambda: workers_serving(router, 2))
     assert {status for status, _ in await request_ids(router.port, 10)} == {200}
-    await asyncio.sleep(1.2)  # the killed worker's counts reach the supervisor first
+
+    async def reported(count: int) -> bool:
+        return await total_requests(router.admin_port) >= count
+
+    await wait_for(lambda: reported(10))  # the victim's counts reach the supervisor before it dies
     before = await total_requests(router.admin_port)
     victim, survivor = sorted(children(router.process.pid))
     os.kill(victim, signal.SIGKILL)
     # Until the kernel has torn the victim down, SO_REUSEPORT may still hash a new connection to its socket,
     # which the exit then resets: that is the kill's own loss. From its exit on, the survivor takes every one.
-    await wait_for(lambda: asyncio.sleep(0, has_exited(victim)))
+    await wait_for(lambda: has_exited(victim))
     assert {status for status, _ in await request_ids(router.port, 20)} == {200}  # the survivor serves
-    await wait_for(lambda: asyncio.sleep(0, len(children(router.process.pid)) == 2))
+    await wait_for(lambda: len(children(router.process.pid)) == 2)
     workers = children(router.process.pid)
     assert survivor in workers
     assert victim not in workers
-    await asyncio.sleep(1.0)
+    await wait_for(lambda: workers_serving(router, 2))  # the new worker listens
     assert {status for status, _ in await request_ids(router.port, 10)} == {200}
-
-    async def counted() -> bool:
-        return await total_requests(router.admin_port) >= before + 30  # the dead worker's counts are kept
-
-    await wait_for(counted)
+    await wait_for(lambda: reported(before + 30))  # the dead worker's counts are kept
 
 
 async def test_sigterm_drains_every_worker_and_exits_0(
     router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
 ) -> None:
     router = await router_process("--workers", "2", "--drain-delay", "0.2")
-    await wait_for(lambda: asyncio.sleep(0, len(children(router.process.pid)) == 2))
+    await wait_for(lambda: len(children(router.process.pid)) == 2)
     workers = children(router.process.pid)
     router.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(router.process.wait(), 15) == 0
@@ -140,16 +138,11 @@ async def test_workers_drain_when_the_supervisor_is_killed(
     router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
 ) -> None:
     router = await router_process("--workers", "2", "--drain-delay", "0.2")
-    await wait_for(lambda: asyncio.sleep(0, len(children(router.process.pid)) == 2))
-    await asyncio.sleep(1.5)  # the workers have reported at least once
+    await wait_for(lambda: workers_serving(router, 2))  # both have reported at least once
     workers = children(router.process.pid)
     router.process.kill()  # SIGKILL: no chance to stop them
 
-    async def workers_gone() -> bool:
-        await asyncio.sleep(0)
-        return not any(running(pid) for pid in workers)
-
-    await wait_for(workers_gone, seconds=10)
+    await wait_for(lambda: not any(running(pid) for pid in workers), seconds=10)
 
 
 def running(pid: int) -> bool:
@@ -225,7 +218,7 @@ async def test_the_supervisor_logs_how_many_workers_and_why(
     with metadata_server({"Limits": {"CPU": 0.25, "Memory": 512}}) as uri:
         monkeypatch.setenv("ECS_CONTAINER_METADATA_URI_V4", uri)
         router = await router_process("--workers", "auto", "--drain-delay", "0")
-        await wait_for(lambda: asyncio.sleep(0, len(children(router.process.pid)) == 1))
+        await wait_for(lambda: len(children(router.process.pid)) == 1)
         router.process.send_signal(signal.SIGTERM)
         lines = await router.json_lines()
     [starting] = [line for line in lines if line.get("message") == "starting"]

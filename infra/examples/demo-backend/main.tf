@@ -1,5 +1,6 @@
-# The whole platform with one demo backend: the router image serves as the backend too
-# (`python -m router.demo.backend`), reached at https://<alb>/services/hello/.
+# The whole platform with one demo backend: the image docker/Dockerfile builds with `--target demo` (the router
+# image plus the demo) runs the router and, as `python -m whaleray_demo.backend`, the backend reached at
+# https://<alb>/services/hello/. A real platform runs the router from the runtime image.
 
 terraform {
   required_version = ">= 1.7"
@@ -12,7 +13,7 @@ terraform {
 }
 
 variable "router_image" {
-  description = "The router image (docker/Dockerfile); also runs the demo backend."
+  description = "The image docker/Dockerfile builds with --target demo: the router with the demo backend."
   type        = string
 }
 
@@ -36,7 +37,7 @@ module "hello" {
   cluster_name             = module.platform.cluster_name
   capacity_provider_name   = module.platform.capacity_provider_name
   image                    = var.router_image
-  entry_point              = ["python", "-m", "router.demo.backend", "--name", "hello-backend", "--port", "3000"]
+  entry_point              = ["python", "-m", "whaleray_demo.backend", "--name", "hello-backend", "--port", "3000"]
   subnet_ids               = module.platform.private_subnet_ids
   vpc_id                   = module.platform.vpc_id
   router_security_group_id = module.platform.router_security_group_id

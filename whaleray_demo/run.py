@@ -1,4 +1,4 @@
-"""`whaleray-router demo`: everything on loopback, no Docker, no AWS.
+"""`python -m whaleray_demo` (`make demo`): everything on loopback, no Docker, no AWS.
 
 - a DNS server for `whaleray.local` on 127.0.0.1:8053 (Cloud Map's stand-in);
 - demo backends on port 3000 of 127.0.0.2, 127.0.0.3 and 127.0.0.4;
@@ -17,10 +17,10 @@ from collections.abc import Sequence
 import uvloop
 
 from router.app import Router
-from router.demo.backend import start_backend
-from router.demo.dns import DemoDnsServer
 from router.logs import setup_logging
 from router.settings import load_settings
+from whaleray_demo.backend import start_backend
+from whaleray_demo.dns import DemoDnsServer
 
 BACKENDS = {"127.0.0.2": "hello-backend", "127.0.0.3": "api-backend", "127.0.0.4": "api-backend-2"}
 DEPLOYMENTS = {"hello": ["127.0.0.2"], "api": ["127.0.0.3"], "multi": ["127.0.0.3", "127.0.0.4"]}
@@ -95,7 +95,7 @@ async def run_demo(dns_port: int, port: int, admin_port: int) -> None:
 
 def main(argv: Sequence[str] = ()) -> int:
     parser = argparse.ArgumentParser(
-        prog="whaleray-router demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m whaleray_demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dns-port", type=int, default=8053)
     parser.add_argument("--port", type=int, default=8080)

@@ -1,6 +1,6 @@
 """A demo backend (aiohttp): answers every path with JSON saying who answered and what it received.
 
-`/stream` sends server-sent events one by one; `/ws` echoes WebSocket messages. `python -m router.demo.backend
+`/stream` sends server-sent events one by one; `/ws` echoes WebSocket messages. `python -m whaleray_demo.backend
 --name NAME --host IP --port 3000` runs one on its own (the docker demo's backends do).
 """
 

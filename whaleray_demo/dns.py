@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import uvloop
 from dnslib import QTYPE, RCODE, RR, SOA, SRV, A, DNSRecord
 
-log = logging.getLogger("router.demo.dns")
+log = logging.getLogger("whaleray_demo.dns")
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +162,7 @@ async def _serve_zone(text: str, host: str, port: int) -> None:
 
 
 def main() -> None:
-    """`python -m router.demo.dns --zone-file F`: the docker demo's Cloud Map stand-in."""
+    """`python -m whaleray_demo.dns --zone-file F`: the docker demo's Cloud Map stand-in."""
     parser = argparse.ArgumentParser(description="Serve the A and SRV records of a BIND zone file over UDP.")
     parser.add_argument("--zone-file", required=True)
     parser.add_argument("--host", default="0.0.0.0")

@@ -1,1 +1,0 @@
-"""`make demo`: the router, a DNS server standing in for Cloud Map, and demo backends, all on loopback."""
