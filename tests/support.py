@@ -14,12 +14,14 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from router.app import Router
 from router.settings import Settings, load_settings
+from router.view import deployment_view
 from whaleray_demo.dns import DemoDnsServer
 
 # The name the router asks about on start to learn that its resolver answers (for /ready).
@@ -244,6 +246,17 @@ async def wait_for(condition: Callable[[], bool | Awaitable[bool]], seconds: flo
             return
         assert loop.time() < deadline, "condition not met in time"
         await asyncio.sleep(0.05)
+
+
+def view_of(router: Router, deployment: str) -> dict[str, Any]:
+    """The router's view of one deployment, as GET /discovery/<id> on the admin port shows it."""
+    assert router.state is not None
+    return deployment_view(router.state, deployment)
+
+
+def address_column(router: Router, deployment: str, column: str) -> dict[str, object]:
+    """One column of /discovery/<id>'s address table: address -> value."""
+    return {entry["address"]: entry[column] for entry in view_of(router, deployment)["addresses"]}
 
 
 async def admin_ready(admin_port: int) -> bool:
