@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from router.settings import Settings, SettingsError, load_settings
 
@@ -42,8 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args)
     except SettingsError as error:
-        for problem in error.problems:
-            print(f"whaleray-router: error: {problem}", file=sys.stderr)
+        if check:  # a person reads it: a sentence a line, as `nginx -t` prints them
+            for problem in error.problems:
+                print(f"whaleray-router: error: {problem}", file=sys.stderr)
+        else:  # a log reader does: one line in the log format, like any start-up failure
+            log_invalid_settings(args, os.environ, error.problems)
         return USAGE_ERROR
     if check:
         print(f"whaleray-router: configuration ok: {check_summary(settings)}")
@@ -56,6 +59,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from router.app import serve
 
     return serve(settings, worker)
+
+
+def log_invalid_settings(args: Sequence[str], environ: Mapping[str, str], problems: Sequence[str]) -> None:
+    """One error line in the log format the settings ask for (JSON when they do not say, or say it wrongly)."""
+    import logging
+
+    from router.logs import setup_logging
+
+    asked = environ.get("WHALERAY_LOG_FORMAT", "json")
+    for index, arg in enumerate(args):
+        if arg == "--log-format" and index + 1 < len(args):
+            asked = args[index + 1]
+        elif arg.startswith("--log-format="):
+            asked = arg.partition("=")[2]
+    setup_logging("INFO", "text" if asked == "text" else "json")
+    logging.getLogger("router").error("invalid settings", extra={"problems": list(problems)})
 
 
 def check_summary(settings: Settings) -> str:

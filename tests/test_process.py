@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -50,22 +52,35 @@ async def test_start_up_log_names_the_build(router_process: StartRouter) -> None
     assert BUILD in {"compiled", "pure"}
 
 
-def test_bad_value_exits_2_naming_the_setting() -> None:
-    result = run_cli("--port", "99999")
+def settings_problems(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """Exit 2 and one JSON log line, "invalid settings", listing the problems; nothing else written."""
     assert result.returncode == 2
-    assert "--port='99999': must be a port, 0-65535" in result.stderr
+    assert result.stderr == ""
+    [line] = [json.loads(text) for text in result.stdout.splitlines()]
+    assert (line["level"], line["message"]) == ("error", "invalid settings")
+    return [str(problem) for problem in line["problems"]]
+
+
+def test_bad_value_exits_2_naming_the_setting() -> None:
+    assert settings_problems(run_cli("--port", "99999")) == ["--port='99999': must be a port, 0-65535"]
 
 
 def test_bad_environment_value_names_the_variable() -> None:
-    result = run_cli(env={"WHALERAY_UPSTREAM_CONNECT_TIMEOUT": "soon"})
-    assert result.returncode == 2
-    assert "WHALERAY_UPSTREAM_CONNECT_TIMEOUT='soon'" in result.stderr
+    problems = settings_problems(run_cli(env={"WHALERAY_UPSTREAM_CONNECT_TIMEOUT": "soon"}))
+    assert [problem.split(":")[0] for problem in problems] == ["WHALERAY_UPSTREAM_CONNECT_TIMEOUT='soon'"]
 
 
 def test_unknown_whaleray_variable_is_an_error() -> None:
-    result = run_cli(env={"WHALERAY_UPSTREAM_PRT": "3000"})
+    problems = settings_problems(run_cli(env={"WHALERAY_UPSTREAM_PRT": "3000"}))
+    assert len(problems) == 1
+    assert "WHALERAY_UPSTREAM_PRT" in problems[0]
+
+
+def test_invalid_settings_follow_the_log_format_asked_for() -> None:
+    result = run_cli("--log-format", "text", "--resolver", "not-an-address")
     assert result.returncode == 2
-    assert "WHALERAY_UPSTREAM_PRT" in result.stderr
+    assert result.stdout.count("\n") == 1
+    assert " ERROR   router: invalid settings [problems=[" in result.stdout
 
 
 async def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(
