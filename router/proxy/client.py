@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Final, cast
 
 import httptools
@@ -27,7 +28,7 @@ from router.proxy.client_side import (
 )
 from router.proxy.exchange import Exchange
 from router.proxy.server import Connection, ServerState
-from router.proxy.upstream import UpstreamConnection
+from router.proxy.upstream import UpstreamConnection, not_connected
 
 # Bounds how long the router keeps reading (and dropping) a client's unread body after an early error
 # response, so the client reads the response instead of a reset.
@@ -62,14 +63,15 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
         self._eof_sent = False
         self._write_paused_at = 0.0  # when the client stopped taking what the router writes
         self._closing_at = 0.0
+        self._send: Callable[[bytes], None] = not_connected
 
     # --- asyncio.Protocol ----------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self._send = self.transport.write  # bound once: see UpstreamConnection._send
         self.gate.transport = self.transport
-        peer = self.transport.get_extra_info("peername")
-        self.peer_ip = str(peer[0]).encode() if peer else b"unknown"
+        self.peer_ip = str(peer[0]).encode() if (peer := self.transport.get_extra_info("peername")) else b"unknown"
         self.state.connections.add(self)
         self._set_deadline("header", self.state.settings.client_header_timeout_s)
 
@@ -158,7 +160,7 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
         """The client takes no more for now: read no more from its backend, nor from it (whoever answers,
         the router or a backend, an unread answer must not grow in memory)."""
         self.write_paused = True
-        self._write_paused_at = self.state.loop.time()
+        self._write_paused_at = self.state.clock()
         target = self._tunnel or (self._active.upstream if self._active is not None else None)
         if target is not None:
             target.pause_reading()
@@ -172,7 +174,7 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
         if target is not None:
             target.resume_reading()
         if active is not None and active.upstream_deadline:
-            active.upstream_deadline = self.state.loop.time() + self.state.settings.upstream_read_timeout_s
+            active.upstream_deadline = self.state.clock() + self.state.settings.upstream_read_timeout_s
         self.resume(PAUSE_CLIENT_FULL)
         if self._queue and active is None:
             self.state.loop.call_soon(self._start_next)
@@ -224,7 +226,7 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
         exchange = self._parsing
         if exchange is not None:
             if self._deadline_kind == "body":
-                self._deadline = self.state.loop.time() + self.state.settings.client_body_timeout_s
+                self._deadline = self.state.clock() + self.state.settings.client_body_timeout_s
             exchange.on_request_body(body)
 
     def on_message_complete(self) -> None:
@@ -327,7 +329,7 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
 
     def tunnel_active(self) -> None:
         """Bytes went through the tunnel: it is not idle."""
-        self._deadline = self.state.loop.time() + self.state.settings.tunnel_idle_timeout_s
+        self._deadline = self.state.clock() + self.state.settings.tunnel_idle_timeout_s
 
     # --- writing and local responses -------------------------------------------------------------------------
 
@@ -339,13 +341,13 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
     def uncork(self) -> None:
         corked, self._corked = self._corked, None
         if corked and self.transport is not None and not self._closing and not self._eof_sent:
-            self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+            self._send(corked[0] if len(corked) == 1 else b"".join(corked))
 
     def write(self, data: bytes) -> None:
         if self._corked is not None:
             self._corked.append(data)
         elif self.transport is not None and not self._closing and not self._eof_sent:
-            self.transport.write(data)
+            self._send(data)
 
     def writelines(self, parts: list[bytes]) -> None:
         if self._corked is not None:
@@ -360,11 +362,11 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
 
     def resume(self, reasons: int) -> None:
         if self.gate.resume(reasons) and self._deadline_kind == "body" and self._deadline:
-            self._deadline = self.state.loop.time() + self.state.settings.client_body_timeout_s
+            self._deadline = self.state.clock() + self.state.settings.client_body_timeout_s
 
     def _set_deadline(self, kind: str, timeout_s: float) -> None:
         self._deadline_kind = kind
-        self._deadline = self.state.loop.time() + timeout_s
+        self._deadline = self.state.clock() + timeout_s
 
     def check_deadlines(self, now: float) -> None:
         settings = self.state.settings
@@ -433,7 +435,7 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
         if self.transport is not None and not self._closing:
             self._closing = True
             self.gate.transport = None
-            self._closing_at = self.state.loop.time()  # a flush the client never takes is cut (check_deadlines)
+            self._closing_at = self.state.clock()  # a flush the client never takes is cut (check_deadlines)
             self.transport.close()
 
     def abort(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Final
 
 from router.discovery.balancer import Balancer
@@ -28,6 +29,7 @@ class Connector:
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, metrics: Metrics) -> None:
         self.settings = settings
         self.loop = loop
+        self.clock: Callable[[], float] = loop.time  # see ServerState.clock
         self.metrics = metrics
         self.balancer = Balancer()
         self.pool: ConnectionPool[UpstreamConnection] = ConnectionPool(
@@ -52,7 +54,7 @@ class Connector:
         label = self.metrics.label(deployment, True)
         avoid: Address | None = None
         for _ in range(min(MAX_CONNECT_ATTEMPTS, len(set(entry.addresses)) + len(entry.backup))):
-            now = self.loop.time()
+            now = self.clock()
             if address is None:
                 address = self.balancer.pick(entry, now, avoid)
             pooled = None if fresh_only else self.take_idle(address, now)
@@ -61,12 +63,12 @@ class Connector:
             try:
                 return await self.connect(address), address, False
             except TimeoutError:
-                self.balancer.failed(address, self.loop.time())
+                self.balancer.failed(address, self.clock())
                 self.metrics.upstream_error(label, "connect_timeout")
                 raise RouterError("upstream_timeout") from None
             except OSError as error:
                 self.metrics.upstream_error(label, "connect_refused")
-                ejected_s = self.balancer.failed(address, self.loop.time())
+                ejected_s = self.balancer.failed(address, self.clock())
                 upstream = f"{address[0]}:{address[1]}"
                 extra = {"deployment": deployment, "upstream": upstream, "detail": str(error), "ejected_s": ejected_s}
                 log.warning("upstream connect failed", extra=extra)
@@ -111,7 +113,7 @@ class Connector:
             self._release(upstream)
 
     def _release(self, upstream: UpstreamConnection) -> None:
-        surplus = self.pool.release(upstream.address, upstream, self.loop.time())
+        surplus = self.pool.release(upstream.address, upstream, self.clock())
         if surplus is not None:
             surplus.close()
 
@@ -120,7 +122,7 @@ class Connector:
 
     def retire(self, removed: set[Address]) -> None:
         """DNS no longer lists `removed`: close their idle connections now, and the busy ones when done."""
-        for upstream in self.pool.retire(removed, self.loop.time()):
+        for upstream in self.pool.retire(removed, self.clock()):
             upstream.close()
 
     def expire(self, now: float) -> None:

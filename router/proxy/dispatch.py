@@ -49,7 +49,7 @@ def start(exchange: Exchange) -> None:
 
 def _start_proxy(exchange: Exchange) -> None:
     state = exchange.state
-    now = state.loop.time()
+    now = state.clock()
     entry = state.discovery.cached(exchange.deployment, now)
     address: Address | None = None
     if entry is not None:
@@ -76,7 +76,7 @@ async def _resolve_and_connect(exchange: Exchange, entry: Entry | None, address:
                 _note_dns(exchange, None, "busy" if error.code == "resolver_busy" else "error")
                 raise
             _note_dns(exchange, entry, "miss")
-            if entry.kind is EntryKind.POSITIVE and state.limits.enabled and not _admit(exchange, state.loop.time()):
+            if entry.kind is EntryKind.POSITIVE and state.limits.enabled and not _admit(exchange, state.clock()):
                 return
         if entry.kind is EntryKind.NEGATIVE:
             raise RouterError("deployment_not_found")

@@ -123,7 +123,8 @@ class Exchange:
         self.body_expected = info.chunked or bool(info.content_length)
         self.body_complete = not self.body_expected
         self.tunnel = info.upgrade is not None
-        if b"#" in self.target:  # a fragment is the client's own business (RFC 9112 3.2): never forwarded
+        # A fragment is never forwarded (RFC 9112 3.2). `find`, as `in` on bytes raises and clears a TypeError.
+        if self.target.find(b"#") >= 0:
             self.target = self.target.partition(b"#")[0]
         limit = self.state.settings.max_body_bytes
         if self.method == b"CONNECT":
@@ -194,7 +195,7 @@ class Exchange:
             self.continue_sent = True
             conn.write(CONTINUE)
         if self.body_complete:
-            self.upstream_deadline = self.state.loop.time() + self.state.settings.upstream_header_timeout_s
+            self.upstream_deadline = self.state.clock() + self.state.settings.upstream_header_timeout_s
 
     # --- the request body ----------------------------------------------------------------------------------
 
@@ -217,7 +218,7 @@ class Exchange:
         if self.info.chunked:
             self._send_body([b"0\r\n\r\n"])
         if self.upstream is not None and not self.response_started:
-            self.upstream_deadline = self.state.loop.time() + self.state.settings.upstream_header_timeout_s
+            self.upstream_deadline = self.state.clock() + self.state.settings.upstream_header_timeout_s
 
     def _send_body(self, parts: list[bytes]) -> None:
         upstream = self.upstream
@@ -279,7 +280,7 @@ class Exchange:
         head = response_head(status, reason, info, self.request_id, framing.lines)
         self.bytes_out += len(head)
         self.conn.write(head)
-        self.upstream_deadline = state.loop.time() + state.settings.upstream_read_timeout_s
+        self.upstream_deadline = state.clock() + state.settings.upstream_read_timeout_s
         return framing.length
 
     def _switch_protocols(self, status: int, reason: bytes, info: ResponseHeaders) -> None:
@@ -300,7 +301,7 @@ class Exchange:
         else:
             self.conn.write(data)
         state = self.state
-        self.upstream_deadline = state.loop.time() + state.settings.upstream_read_timeout_s
+        self.upstream_deadline = state.clock() + state.settings.upstream_read_timeout_s
 
     def on_response_complete(self) -> None:
         upstream, self.upstream = self.upstream, None
@@ -327,7 +328,7 @@ class Exchange:
 
     def on_upstream_write_paused(self, paused: bool) -> None:
         if paused:
-            self.upstream_write_paused_at = self.state.loop.time()
+            self.upstream_write_paused_at = self.state.clock()
             self.conn.pause(PAUSE_UPSTREAM_FULL)
         else:
             self.upstream_write_paused_at = 0.0
@@ -354,7 +355,7 @@ class Exchange:
         if kind is UpstreamFailure.LOST and upstream is not None and self._may_retry(upstream):
             self.retried = True
             self.conn.resume(PAUSE_UPSTREAM_FULL)
-            entry = self.state.discovery.cache.fresh(self.deployment, self.state.loop.time())
+            entry = self.state.discovery.cache.fresh(self.deployment, self.state.clock())
             if entry is not None and entry.addresses:
                 self.task = self.state.loop.create_task(self._retry(entry))
                 return

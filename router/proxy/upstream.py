@@ -61,6 +61,15 @@ def _head_size(headers: list[tuple[bytes, bytes]]) -> int:
     return sum(len(name) + len(value) + 4 for name, value in headers)
 
 
+def not_connected(data: bytes) -> None:
+    """A protocol's write before its connection is made: a bug."""
+    raise RuntimeError("write before the connection was made")
+
+
+def _no_transport() -> bool:
+    return True  # not connected yet: not usable
+
+
 class UpstreamConnection(asyncio.Protocol):
     """A backend connection; `sink` is set while an exchange borrows it and None while idle in the pool."""
 
@@ -71,6 +80,8 @@ class UpstreamConnection(asyncio.Protocol):
         "sink",
         "requests_served",
         "_parser",
+        "_send",
+        "_transport_closing",
         "_reason",
         "_headers",
         "_status",
@@ -110,6 +121,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._max_head_bytes = max_head_bytes
         self._max_head_lines = max_head_lines
         self._parser = httptools.HttpResponseParser(self)
+        # The transport's methods bound once (it never changes): calls by name on a C type look the method up
+        # every time.
+        self._send: Callable[[bytes], None] = not_connected
+        self._transport_closing: Callable[[], bool] = _no_transport
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._status = 0
@@ -131,7 +146,7 @@ class UpstreamConnection(asyncio.Protocol):
     # --- lending -------------------------------------------------------------------------------------------
 
     def is_usable(self) -> bool:
-        return not self._closed and self.transport is not None and not self.transport.is_closing()
+        return not self._closed and not self._transport_closing()
 
     def lend(self, sink: ResponseSink, head_request: bool) -> None:
         self.sink = sink
@@ -146,14 +161,13 @@ class UpstreamConnection(asyncio.Protocol):
         return self._received_any
 
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+        self._send(data)
 
     def writelines(self, parts: list[bytes]) -> None:
         assert self.transport is not None
-        # uvloop's writelines costs about twice a write for one small part: join small batches instead.
+        # uvloop's writelines costs about twice a write for one small part.
         if len(parts) == 1:
-            self.transport.write(parts[0])
+            self._send(parts[0])
         else:
             self.transport.writelines(parts)
 
@@ -177,6 +191,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self._send = self.transport.write
+        self._transport_closing = self.transport.is_closing
 
     def data_received(self, data: bytes) -> None:
         sink = self.sink
