@@ -149,3 +149,39 @@ def test_readme_tables_match_the_modules() -> None:
                 for block in hcl2.load(handle)[kind.rstrip("s")]:
                     for name in block:
                         assert f"| `{name.strip(chr(34))}` |" in readme, f"{module.name}: {name}"
+
+
+def tf_blocks(path: Path, kind: str) -> dict[str, Any]:
+    """`kind` blocks ("resource", "output"...) of one .tf file by name; resources as "type.name"."""
+    found: dict[str, Any] = {}
+    with path.open() as handle:
+        for block in hcl2.load(handle).get(kind, []):
+            for key, body in block.items():
+                if kind == "resource":
+                    for name, resource in body.items():
+                        found[f"{key.strip(chr(34))}.{name.strip(chr(34))}"] = resource
+                else:
+                    found[key.strip(chr(34))] = body
+    return found
+
+
+def test_services_wait_for_the_capacity_provider_association() -> None:
+    """ECS refuses a service whose capacity provider is not yet associated with the cluster ("capacity
+    provider not associated"), and destroying the association under a service fails the same way. Terraform
+    orders them only through references: the router's service depends on the association, and the outputs
+    deployments are built from (the cluster name, the capacity provider) are read from it, not from the
+    cluster or the provider themselves."""
+    association = "aws_ecs_cluster_capacity_providers.this"
+    router = tf_blocks(INFRA / "router.tf", "resource")["aws_ecs_service.router"]
+    assert f"${{{association}}}" in router["depends_on"]
+    outputs = tf_blocks(INFRA / "outputs.tf", "output")
+    for name in ("cluster_name", "capacity_provider_name"):
+        assert f"{association}." in outputs[name]["value"], name
+    deployment = tf_blocks(INFRA / "modules" / "deployment" / "main.tf", "resource")["aws_ecs_service.this"]
+    assert deployment["cluster"] == "${var.cluster_name}"
+    assert [strategy["capacity_provider"] for strategy in deployment["capacity_provider_strategy"]] == [
+        "${var.capacity_provider_name}"
+    ]
+    example = (INFRA / "examples" / "demo-backend" / "main.tf").read_text()
+    assert "cluster_name             = module.platform.cluster_name" in example
+    assert "capacity_provider_name   = module.platform.capacity_provider_name" in example
