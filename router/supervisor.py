@@ -30,6 +30,7 @@ from router.metrics import WorkerMetrics, register_process_metrics
 from router.settings import Settings
 from router.signals import handle_stop_signals
 from router.view import merge_deployment, merge_lists
+from router.worker_processes import WorkerProcesses
 from router.worker_report import MAX_REPORT_BYTES, ViewsReport
 from router.worker_report import decode as decode_report
 
@@ -82,6 +83,7 @@ class Supervisor:
         self.registry = CollectorRegistry()
         if settings.metrics:
             register_process_metrics(self.registry, __version__, BUILD)
+            WorkerProcesses(self.registry, self._running_pids)
         self.metrics = WorkerMetrics(self.registry, settings.metrics_max_deployments)
         self.draining = False
         self._admin: AdminServer | None = None
@@ -89,6 +91,13 @@ class Supervisor:
 
     def ready(self) -> bool:
         return all(worker.ready for worker in self.workers)
+
+    def _running_pids(self) -> dict[int, int]:
+        return {
+            worker.index: worker.process.pid
+            for worker in self.workers
+            if worker.process is not None and worker.process.returncode is None
+        }
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()

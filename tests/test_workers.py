@@ -21,6 +21,7 @@ from tests.support import BackendFactory, RouterProcess, wait_for, workers_servi
 from tests.support import children_of as children
 from whaleray_demo.dns import DemoDnsServer
 
+MiB = 1 << 20
 StartRouter = Callable[..., Awaitable[RouterProcess]]
 
 
@@ -61,6 +62,27 @@ async def test_two_workers_share_the_port_and_metrics_add_up(
         return await total_requests(router.admin_port) == 40
 
     await wait_for(all_counted)  # workers report every second
+
+    # What each worker uses, beside the supervisor's own process_* metrics.
+    samples = await worker_process_samples(router.admin_port)
+    workers = {labels["worker"] for name, labels, _ in samples}
+    assert workers == {"0", "1"}
+    values = {(name, labels["worker"]): value for name, labels, value in samples}
+    for worker in workers:
+        assert 10 * MiB < values[("whaleray_worker_resident_memory_bytes", worker)] < 1024 * MiB
+        assert values[("whaleray_worker_open_fds", worker)] >= 4  # at least stdio and the shared listener
+        assert values[("whaleray_worker_cpu_seconds_total", worker)] > 0
+
+
+async def worker_process_samples(admin_port: int) -> list[tuple[str, dict[str, str], float]]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{admin_port}/metrics") as r:
+        text = await r.text()
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("whaleray_worker_")
+    ]
 
 
 def has_exited(pid: int) -> bool:
