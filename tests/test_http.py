@@ -22,6 +22,7 @@ from tests.support import (
     raw_request,
     read_response,
     status_of,
+    wait_for,
 )
 from whaleray_demo.dns import DemoDnsServer
 
@@ -283,9 +284,9 @@ async def test_idle_websocket_is_closed_and_a_busy_one_kept(
         async with session.ws_connect(url(router, "/services/hello/ws")) as idle:
             message = await idle.receive(timeout=5)  # nothing sent: the router closes it
             assert message.type in {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR}
-    assert router.state is not None
-    await asyncio.sleep(0.1)
-    assert router.state.connections == set()
+    state = router.state
+    assert state is not None
+    await wait_for(lambda: state.connections == set(), seconds=5)  # both tunnels closed on the router's side
 
 
 async def test_declined_upgrade_is_relayed_and_the_connection_closed(

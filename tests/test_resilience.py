@@ -147,7 +147,7 @@ async def test_rolling_replacement_under_steady_load_fails_no_request(
                         seen.add(json.loads(await response.read())["backend"])
 
     clients = [asyncio.create_task(client()) for _ in range(4)]
-    await asyncio.sleep(0.5)
+    await wait_for(lambda: len(statuses) >= 20)  # every client is sending
     for new_host, name, retiring, kept in [
         ("127.0.0.4", "new-a", old[0], "127.0.0.3"),
         ("127.0.0.5", "new-b", old[1], "127.0.0.4"),
