@@ -421,6 +421,14 @@ async def test_a_cached_answer_and_an_idle_connection_proxy_without_a_task_or_a_
     assert path.state.metrics.requests == {("dep-0", 200): 10, ("dep-1", 200): 10, ("dep-2", 200): 10}
 
 
+async def test_request_ids_are_a_random_prefix_and_a_ten_digit_hex_counter() -> None:
+    state = HotPath(deployments=1).state
+    ids = [state.next_request_id() for _ in range(600)]  # across two 256-request stem changes
+    prefix = ids[0][:12]
+    assert ids == [b"%s%010x" % (prefix, counter) for counter in range(1, 601)]
+    assert HotPath(deployments=1).state.next_request_id()[:12] != prefix  # each process its own prefix
+
+
 def test_repeated_benchmark_rounds_report_the_median_round_whole_and_every_ratio() -> None:
     def result(proxy: str, cpu: float, run: int) -> Result:
         return Result(proxy, "200 deployments", 1000, 10.0, 100.0, 1.0, cpu / 10, 0, cpu, 0.0, run=run)

@@ -57,12 +57,11 @@ def parse_target(target: bytes) -> Route:
         if target == HEALTH_PATH or target.startswith(b"/health?"):
             return HEALTH
         return NOT_FOUND
-    end = target.find(b"/", _ID_START)  # the id ends at the first '/' or '?', or with the target
-    if end == -1:
-        end = len(target)
-    query = target.find(b"?", _ID_START, end)
-    if query != -1:
-        end = query
+    # The id ends at the first '/' or '?', or with the target. A loop over the bytes rather than two `find`s:
+    # compiled, it costs a tenth of their argument parsing for an id of a few dozen bytes.
+    end, length = _ID_START, len(target)
+    while end < length and target[end] != 0x2F and target[end] != 0x3F:
+        end += 1
     deployment = deployment_of(target[_ID_START:end])
     if deployment is None:
         return INVALID_ID
