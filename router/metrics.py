@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import platform
-from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -60,7 +59,8 @@ DNS_RESULTS: Final[tuple[str, ...]] = ("hit", "miss", "negative", "stale", "erro
 
 
 class Histogram:
-    """Bucket counts and a sum; `observe` is a bisect and two additions."""
+    """Bucket counts and a sum. `observe` walks the bounds: with a dozen of them, a compiled loop costs less than
+    a call of bisect (a C function the compiled build reaches through Python's calling convention)."""
 
     __slots__ = ("bounds", "counts", "total")
 
@@ -70,7 +70,12 @@ class Histogram:
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
+        index = 0
+        for bound in self.bounds:
+            if value <= bound:
+                break
+            index += 1
+        self.counts[index] += 1
         self.total += value
 
     def cumulative(self) -> list[tuple[str, float]]:
