@@ -24,7 +24,7 @@ from router.admin import AdminServer
 from router.build import BUILD
 from router.discovery.resolver import DnsResolver
 from router.discovery.service import Discovery
-from router.logs import setup_logging
+from router.logs import DroppingQueueHandler, setup_logging
 from router.metrics import Metrics, NullMetrics, register_process_metrics
 from router.proxy.client import ClientConnection
 from router.proxy.server import ServerState
@@ -103,6 +103,8 @@ class Router:
             "upstream_active": state.upstream_active,
             "upstream_idle": state.connector.pool.idle_count,
             "dns_cache_entries": lambda: len(state.discovery.cache),
+            "access_lines_dropped": lambda: 0 if self.access_log is None else self.access_log.dropped,
+            "application_lines_dropped": lambda: DroppingQueueHandler.dropped,
         }
         self.state = state
         self._server = await loop.create_server(

@@ -89,12 +89,15 @@ class Histogram:
 # The gauges, in one table: each is read at scrape time from the live state (nothing on the hot path keeps them
 # up to date); with --workers each worker reports its values and the supervisor adds them up.
 # (name, metric family, label and value, help)
+_DROPPED_HELP: Final = "Log lines dropped since start because stdout did not keep up."
 GAUGES: Final[tuple[tuple[str, str, tuple[str, ...], str], ...]] = (
     ("inflight", "whaleray_inflight_requests", (), "Requests being answered."),
     ("client_connections", "whaleray_client_connections", (), "Open client connections."),
     ("upstream_active", "whaleray_upstream_connections", ("state", "active"), "Backend connections."),
     ("upstream_idle", "whaleray_upstream_connections", ("state", "idle"), "Backend connections."),
     ("dns_cache_entries", "whaleray_dns_cache_entries", (), "Names in the DNS cache, known and unknown."),
+    ("access_lines_dropped", "whaleray_log_lines_dropped", ("log", "access"), _DROPPED_HELP),
+    ("application_lines_dropped", "whaleray_log_lines_dropped", ("log", "application"), _DROPPED_HELP),
 )
 Gauges = dict[str, Callable[[], int]]  # a reader for every name of GAUGES
 

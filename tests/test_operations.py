@@ -75,6 +75,7 @@ async def test_metrics_count_what_happened(
     assert samples["whaleray_inflight_requests"][()] == 0
     assert samples["whaleray_dns_cache_entries"][()] == 3
     assert "whaleray_client_connections" in samples
+    assert samples["whaleray_log_lines_dropped"] == {(("log", "access"),): 0, (("log", "application"),): 0}
     assert router.registry.get_sample_value("whaleray_requests_total", {"deployment": "hello", "code": "200"}) == 5
 
 
@@ -271,3 +272,12 @@ async def test_rate_limit_answers_429_with_retry_after(
         router.registry.get_sample_value("whaleray_rejected_requests_total", {"deployment": "hello", "reason": "rate"})
         == 2
     )
+
+
+async def test_log_lines_dropped_reach_metrics(make_router: RouterFactory) -> None:
+    admin = free_port()
+    router = await make_router("--admin-port", str(admin), "--admin-host", "127.0.0.1")
+    assert router.access_log is not None
+    router.access_log.dropped += 5  # what AccessLog.flush counts when stdout stalls (tests/test_units.py)
+    samples = await scrape(admin)
+    assert samples["whaleray_log_lines_dropped"][(("log", "access"),)] == 5

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import io
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 from benchmarks.hotpath import HotPath
 from benchmarks.proxies import REFERENCE_CONF, adapt_reference
 from benchmarks.results import Result, medians, tables
-from router.access_log import ACCESS_FIELDS, AccessRecord, format_json, format_text
+from router.access_log import ACCESS_FIELDS, AccessLog, AccessRecord, format_json, format_text
 from router.discovery.balancer import Balancer
 from router.discovery.budget import QueryBudget
 from router.discovery.cache import DnsCache, EntryKind
@@ -528,3 +530,26 @@ def test_router_modules_import_each_other_without_a_cycle() -> None:
 
     for module in sorted(graph):
         visit(module)
+
+
+async def test_access_log_drops_and_counts_batches_beyond_its_bound_while_stdout_stalls() -> None:
+    class StalledStream(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.released = threading.Event()
+
+        def write(self, text: str) -> int:
+            self.released.wait(10)
+            return super().write(text)
+
+    stream = StalledStream()
+    log = AccessLog(stream, flush_s=3600)
+    try:
+        for _ in range(AccessLog.MAX_QUEUED_BATCHES + 10):  # the writer thread holds the first batch
+            log.write(_access_record())
+            log.flush()
+        assert 1 <= log.dropped <= 10
+    finally:
+        stream.released.set()
+        log.close()
+    assert stream.getvalue().count("\n") == AccessLog.MAX_QUEUED_BATCHES + 10 - log.dropped
