@@ -24,7 +24,7 @@ def process_tree_cpu_split_s(pid: int) -> tuple[float, float]:
 
 
 def children_of(pid: int) -> list[int]:
-    """Processes whose parent is `pid`, from /proc (the tests use it for the router's workers too)."""
+    """Processes whose parent is `pid`, from /proc."""
     children = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():

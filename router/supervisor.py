@@ -74,6 +74,10 @@ class Worker:
     views: dict[str, Any] | None = field(default=None, repr=False)  # its answer to the last SIGUSR1
     views_arrived: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
+    def running(self) -> asyncio.subprocess.Process | None:
+        """Its process while it runs, else None."""
+        return self.process if self.process is not None and self.process.returncode is None else None
+
 
 class Supervisor:
     def __init__(self, settings: Settings, argv: Sequence[str], count: int) -> None:
@@ -93,11 +97,7 @@ class Supervisor:
         return all(worker.ready for worker in self.workers)
 
     def _running_pids(self) -> dict[int, int]:
-        return {
-            worker.index: worker.process.pid
-            for worker in self.workers
-            if worker.process is not None and worker.process.returncode is None
-        }
+        return {worker.index: process.pid for worker in self.workers if (process := worker.running()) is not None}
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -117,8 +117,8 @@ class Supervisor:
 
     def _kill_workers(self) -> None:
         for worker in self.workers:
-            if worker.process is not None and worker.process.returncode is None:
-                worker.process.kill()
+            if (process := worker.running()) is not None:
+                process.kill()
 
     def _spawn_later(self, worker: Worker, delay_s: float) -> None:
         task = asyncio.get_running_loop().create_task(self._run_worker(worker, delay_s))
@@ -175,17 +175,16 @@ class Supervisor:
 
     async def view(self, deployment: str | None) -> dict[str, object]:
         """/discovery for the whole task: each worker is asked (SIGUSR1) and answers on its report pipe."""
-        asked = [worker for worker in self.workers if worker.process is not None and worker.process.returncode is None]
-        for worker in asked:
+        asked = [(worker, process) for worker in self.workers if (process := worker.running()) is not None]
+        for worker, process in asked:
             worker.views_arrived.clear()
-            assert worker.process is not None
-            worker.process.send_signal(signal.SIGUSR1)
-        waits = [asyncio.create_task(worker.views_arrived.wait()) for worker in asked]
+            process.send_signal(signal.SIGUSR1)
+        waits = [asyncio.create_task(worker.views_arrived.wait()) for worker, _ in asked]
         if waits:
             _, late = await asyncio.wait(waits, timeout=VIEW_WAIT_S)
             for task in late:
                 task.cancel()  # a worker that did not answer in time (restarting, stuck) is left out
-        views = [worker.views for worker in asked if worker.views_arrived.is_set() and worker.views is not None]
+        views = [worker.views for worker, _ in asked if worker.views_arrived.is_set() and worker.views is not None]
         if deployment is None:
             return merge_lists([view["list"] for view in views])
         return merge_deployment(
@@ -195,8 +194,8 @@ class Supervisor:
     async def _drain(self) -> int:
         self.draining = True
         for worker in self.workers:
-            if worker.process is not None and worker.process.returncode is None:
-                worker.process.send_signal(signal.SIGTERM)
+            if (process := worker.running()) is not None:
+                process.send_signal(signal.SIGTERM)
         deadline = self.settings.drain_delay_s + self.settings.drain_timeout_s + 5.0
         codes = []
         for worker in self.workers:

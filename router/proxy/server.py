@@ -74,7 +74,8 @@ class ServerState:
         self.inflight = 0
         self._request_id_prefix = os.urandom(6).hex().encode()
         self._request_counter = 0
-        self._request_id_stem = b""  # the prefix and all but the counter's last two hex digits
+        # The prefix and all but the counter's last two hex digits.
+        self._request_id_stem = b"%s%08x" % (self._request_id_prefix, 0)
         self._date_second = 0
         self._date = b""
 
@@ -84,7 +85,7 @@ class ServerState:
         `%010x` on every request cost about 1,600 instructions, 3 % of the hot path (callgrind)."""
         counter = self._request_counter = self._request_counter + 1
         low = counter & 0xFF
-        if low == 0 or not self._request_id_stem:
+        if low == 0:
             self._request_id_stem = b"%s%08x" % (self._request_id_prefix, counter >> 8)
         return self._request_id_stem + _HEX_PAIRS[low]
 
