@@ -122,6 +122,9 @@ async def new_connection_client(port: int, tally: LoadTally, stop: asyncio.Event
             tally.answered.append((loop.time(), status, headers["x-request-id"]))
         except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as error:
             tally.lost.append((loop.time(), repr(error)))
+            # A client backs off before it retries, as the ALB does: reconnecting at once, while the kernel
+            # still tears the killed worker down, SO_REUSEPORT may hash the new connection to its socket too.
+            await asyncio.sleep(0.05)
         finally:
             writer.close()
 
