@@ -140,11 +140,18 @@ class Router:
         self._send_report(views=True)
 
     async def _probe_resolver(self) -> None:
-        """Until the resolver has answered once, ask it every second, so /ready needs no client traffic."""
+        """Until the resolver has answered once, ask it every second, so /ready needs no client traffic. Said
+        once when it does not answer at first, and once when it does."""
         assert self._discovery is not None
+        resolvers = [str(r) for r in self.settings.resolvers]
+        silent = False
         while not self._discovery.answered_once and not await self._discovery.probe():
-            log.warning("resolver not answering yet", extra={"resolvers": [str(r) for r in self.settings.resolvers]})
+            if not silent:
+                log.warning("resolver not answering yet, asking every second", extra={"resolvers": resolvers})
+                silent = True
             await asyncio.sleep(1.0)
+        if silent:
+            log.info("resolver answering", extra={"resolvers": resolvers})
 
     def _send_report(self, views: bool = False) -> None:
         if self._report is None or self.state is None or self._discovery is None:

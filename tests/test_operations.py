@@ -12,7 +12,17 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import BackendFactory, RouterFactory, RouterProcess, free_port, read_response, slow_app, wait_for
+from tests.support import (
+    PROBE,
+    BackendFactory,
+    RouterFactory,
+    RouterProcess,
+    admin_ready,
+    free_port,
+    read_response,
+    slow_app,
+    wait_for,
+)
 from whaleray_demo.dns import DemoDnsServer
 
 StartRouter = Callable[..., Awaitable[RouterProcess]]
@@ -175,6 +185,34 @@ async def test_ready_waits_for_the_first_dns_answer(make_router: RouterFactory, 
         while (await get(session, f"http://127.0.0.1:{admin}/ready"))[0] != 200:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
+
+
+async def test_ready_when_the_resolver_refuses_the_probe(make_router: RouterFactory, dns: DemoDnsServer) -> None:
+    """A DNS server holding only its own records (dnsmasq with host records, as in the compose demo) answers
+    REFUSED for the probe's name. An error answer is an answer: the resolver is reachable, so the router is ready."""
+    dns.refused.add(f"{PROBE}.whaleray.local")
+    admin = free_port()
+    await make_router("--admin-port", str(admin), "--admin-host", "127.0.0.1")
+    async with aiohttp.ClientSession() as session:
+        await wait_for(lambda: dns.query_count(PROBE) >= 1)
+        deadline = time.monotonic() + 5
+        while (await get(session, f"http://127.0.0.1:{admin}/ready"))[0] != 200:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+
+
+async def test_a_silent_resolver_is_reported_once_then_its_first_answer(
+    router_process: StartRouter, dns: DemoDnsServer
+) -> None:
+    dns.silent = True
+    router = await router_process("--drain-delay", "0")
+    await wait_for(lambda: dns.query_count(PROBE) >= 3)  # three probes, a second apart, went unanswered
+    dns.silent = False
+    await wait_for(lambda: admin_ready(router.admin_port))
+    router.process.send_signal(signal.SIGTERM)
+    messages = [line["message"] for line in await router.json_lines()]
+    assert messages.count("resolver not answering yet, asking every second") == 1
+    assert messages.count("resolver answering") == 1
 
 
 async def test_drain_finishes_requests_in_flight_then_refuses_new_connections(

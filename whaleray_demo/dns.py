@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class DemoDnsServer(asyncio.DatagramProtocol):
         self.a_records: dict[str, tuple[list[str], int]] = {}
         self.srv_records: dict[str, tuple[list[SrvTarget], int]] = {}
         self.servfail: set[str] = set()
+        self.refused: set[str] = set()  # names answered REFUSED, as a server that holds only its own records does
         self.silent = False
         self.srv_glue = True  # add the SRV targets' A records to the additional section
         # Addresses for names not in the table (benchmarks: every never-seen id exists), or None.
@@ -103,6 +105,9 @@ class DemoDnsServer(asyncio.DatagramProtocol):
         if name in self.servfail:
             reply.header.rcode = RCODE.SERVFAIL
             return reply
+        if name in self.refused:
+            reply.header.rcode = RCODE.REFUSED
+            return reply
         a = self.a_records.get(name)
         srv = self.srv_records.get(name)
         if a is None and srv is None and self.wildcard is not None:
@@ -158,7 +163,13 @@ async def _serve_zone(text: str, host: str, port: int) -> None:
     server.load_zone_file(text)
     await server.start(host, port)
     log.warning("serving %s on %s:%d: %d names", origin, host, port, len(server.a_records) + len(server.srv_records))
-    await asyncio.Event().wait()
+    # As PID 1 in a container the process gets no default handling of SIGTERM: stop on it, or `docker stop`
+    # waits out its grace period and kills.
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    await stop.wait()
+    server.close()
 
 
 def main() -> None:

@@ -30,6 +30,10 @@ from router.options import Resolver
 
 # c-ares status codes that mean "the name has no A records", as opposed to "could not get an answer".
 _NOT_FOUND_STATUSES = frozenset({pycares.errno.ARES_ENOTFOUND, pycares.errno.ARES_ENODATA})
+# Error answers: a resolver replied (it is reachable), but with no records to use.
+_ANSWERED_STATUSES = frozenset(
+    {pycares.errno.ARES_EREFUSED, pycares.errno.ARES_ESERVFAIL, pycares.errno.ARES_EFORMERR, pycares.errno.ARES_ENOTIMP}
+)
 
 
 class NameNotFound(Exception):
@@ -37,7 +41,12 @@ class NameNotFound(Exception):
 
 
 class ResolverFailure(Exception):
-    """No usable answer: timeouts, SERVFAIL, REFUSED, unreachable resolvers."""
+    """No usable answer: timeouts, SERVFAIL, REFUSED, unreachable resolvers. `answered` says a resolver did
+    reply, with an error (REFUSED, SERVFAIL, ...): it is reachable, which is what readiness asks."""
+
+    def __init__(self, detail: str, *, answered: bool = False) -> None:
+        super().__init__(detail)
+        self.answered = answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +134,8 @@ class DnsResolver:
             status = error.args[0] if error.args else None
             if status in _NOT_FOUND_STATUSES:
                 raise NameNotFound(name) from None
-            raise ResolverFailure(f"{name}: {error.args[-1] if error.args else error}") from None
+            detail = f"{name}: {error.args[-1] if error.args else error}"
+            raise ResolverFailure(detail, answered=status in _ANSWERED_STATUSES) from None
         finally:
             channel.pending -= 1
             if not channel.pending and channel in self._retired:

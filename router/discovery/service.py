@@ -233,6 +233,7 @@ class Discovery:
             self._forget(deployment, ())
             return self.cache.store_negative(deployment, self._clock())
         except ResolverFailure as error:
+            self.answered_once = self.answered_once or error.answered
             self.on_query(time.perf_counter() - started)
             return self._on_failure(deployment, str(error))
         self.answered_once = True
@@ -262,13 +263,15 @@ class Discovery:
             self.on_removed(removed)
 
     async def probe(self) -> bool:
-        """Ask the resolver about a name that need not exist: any answer, NXDOMAIN included, proves it works."""
+        """Ask the resolver about a name that need not exist: any answer proves it reachable, NXDOMAIN and error
+        answers (a server that REFUSES names it does not hold) included; only silence does not."""
         try:
             await self._lookup("_whaleray-probe" + self._suffix)
         except NameNotFound:
             pass
-        except ResolverFailure:
-            return False
+        except ResolverFailure as failure:
+            if not failure.answered:
+                return False
         self.answered_once = True
         return True
 
