@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import sysconfig
 
 from setuptools import setup
@@ -37,13 +38,25 @@ COMPILED_MODULES = [
 ]
 
 
-def compiler_available() -> bool:
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    return shutil.which(compiler) is not None and os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")
+def missing_for_compiling() -> str | None:
+    """Why the data plane cannot be compiled here, or None when it can. `CC` is the compiler setuptools would
+    run (the environment's, else Python's build configuration)."""
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler ({compiler!r} not found)"
+    headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    if not os.path.exists(headers):
+        return f"no Python headers ({headers} not found)"
+    return None
 
 
 def extension_modules() -> list[object]:
-    if os.environ.get("WHALERAY_PURE_PYTHON") == "1" or not compiler_available():
+    if os.environ.get("WHALERAY_PURE_PYTHON") == "1":
+        return []
+    missing = missing_for_compiling()
+    if missing is not None:
+        # One line in the build's output: a pure wheel is slower, and whoever builds it should know why they got it.
+        print(f"whaleray-router: building the pure-Python fallback: {missing}", file=sys.stderr)
         return []
     from mypyc.build import mypycify  # noqa: PLC0415 - only the compiled build needs the compiler
 

@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import uvloop
 from aiohttp import web
 
+import router as router_package
 from router.app import Router
 from tests.support import (
     Backend,
@@ -28,12 +29,24 @@ from tests.support import (
     RouterProcess,
     ScriptedFactory,
     children_of,
+    environment_without_settings,
     free_port,
+    router_command,
     router_settings,
     wait_for_port,
 )
 from whaleray_demo.backend import make_app
 from whaleray_demo.dns import DemoDnsServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`make test` runs the suite against the installed wheel and names its venv in ROUTER_UNDER_TEST: refuse to
+    run when `router` would be the source tree instead (pytest's import mode puts the repository last on the
+    path for this, see the Makefile)."""
+    under_test = os.environ.get("ROUTER_UNDER_TEST")
+    installed = Path(router_package.__file__ or "").resolve()
+    if under_test and not installed.is_relative_to(Path(under_test).resolve()):
+        raise pytest.UsageError(f"router is imported from {installed}, not from the wheel in {under_test}")
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], object]]:
@@ -153,9 +166,7 @@ async def router_process(
     async def start(*extra: str) -> RouterProcess:
         port, admin_port = free_port(), free_port()
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "router",
+            *router_command(),
             "--host",
             "127.0.0.1",
             "--port",
@@ -177,7 +188,7 @@ async def router_process(
             *extra,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env={key: value for key, value in os.environ.items() if not key.startswith("WHALERAY_")},
+            env=environment_without_settings(),
         )
         instance = RouterProcess(process, port, admin_port, upstream_port)
         instance.reader = asyncio.create_task(instance.collect())

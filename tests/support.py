@@ -313,8 +313,21 @@ def children_of(pid: int) -> list[int]:
     return children
 
 
+def router_command() -> list[str]:
+    """How a test starts `whaleray-router` as a process. `make test` names the console script of the installed
+    wheel (in a venv with the runtime dependencies only) in ROUTER_EXECUTABLE, so the process tests run what users
+    install; without it, this interpreter's `-m router` (the development loop)."""
+    executable = os.environ.get("ROUTER_EXECUTABLE")
+    return [executable] if executable else [sys.executable, "-m", "router"]
+
+
+def environment_without_settings() -> dict[str, str]:
+    """This process's environment less every WHALERAY_* variable: a router under test takes only its flags."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("WHALERAY_")}
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`whaleray-router ARGS` as a process, with none of this machine's WHALERAY_* variables."""
-    base = {key: value for key, value in os.environ.items() if not key.startswith("WHALERAY_")}
-    command = [sys.executable, "-m", "router", *args]
+    base = environment_without_settings()
+    command = [*router_command(), *args]
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=30, env={**base, **(env or {})})
