@@ -84,3 +84,13 @@ output "router_security_group_id" {
   description = "The group the routers connect from, whatever router_network_mode: what a deployment's security group must admit (modules/deployment's router_security_group_id)."
   value       = local.router_group_id
 }
+
+output "ecr_repository_url" {
+  description = "The router's ECR repository: `make push ECR_REPOSITORY=<this>`; the task definition runs <this>:router_image_tag unless router_image is set."
+  value       = aws_ecr_repository.router.repository_url
+}
+
+output "router_image" {
+  description = "The image the router's task definition runs."
+  value       = local.router_image
+}

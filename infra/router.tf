@@ -17,8 +17,10 @@ locals {
   # bridge: the ALB reaches the ephemeral host ports; awsvpc: the task's own port.
   router_target_port_range = var.router_network_mode == "bridge" ? [32768, 65535] : [local.router_port, local.router_port]
 
+  router_image = coalesce(var.router_image, "${aws_ecr_repository.router.repository_url}:${var.router_image_tag}")
+
   router_container = merge(local.container_template, {
-    image       = var.router_image
+    image       = local.router_image
     environment = [for name in sort(keys(local.router_environment)) : { name = name, value = local.router_environment[name] }]
     portMappings = [{
       name          = "proxy"

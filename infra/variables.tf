@@ -158,8 +158,44 @@ variable "alb_access_logs_bucket" {
 # --- router ----------------------------------------------------------------------------------------------
 
 variable "router_image" {
-  description = "The router's container image (docker/Dockerfile), by tag or digest."
+  description = "The router's container image (docker/Dockerfile), by tag or digest; null: this stack's ECR repository at router_image_tag."
   type        = string
+  default     = null
+}
+
+variable "router_image_tag" {
+  description = "The tag of this stack's ECR repository the router runs when router_image is null (`make push` pushes the version)."
+  type        = string
+  default     = "0.1.0"
+}
+
+variable "ecr_keep_images" {
+  description = "How many images the router's ECR repository keeps (the newest); older ones expire."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.ecr_keep_images >= 2
+    error_message = "ecr_keep_images must keep at least the running image and one to roll back to."
+  }
+}
+
+variable "ecr_untagged_days" {
+  description = "Days after which untagged images in the router's ECR repository expire."
+  type        = number
+  default     = 7
+}
+
+variable "ecr_kms_key_arn" {
+  description = "A customer-managed KMS key for the router's ECR repository; null: the AWS-managed key."
+  type        = string
+  default     = null
+}
+
+variable "ecr_force_delete" {
+  description = "Let terraform destroy delete the ECR repository with its images (test stacks); off, destroy fails while images remain."
+  type        = bool
+  default     = false
 }
 
 variable "router_network_mode" {

@@ -293,3 +293,41 @@ run "awsvpc_deployments_need_no_host_ports" {
     error_message = "awsvpc deployments: A records on backend_port, no host-port rules"
   }
 }
+
+run "the_image_goes_to_an_immutable_scanned_encrypted_repository" {
+  command = plan
+
+  assert {
+    condition     = aws_ecr_repository.router.image_tag_mutability == "IMMUTABLE" && aws_ecr_repository.router.image_scanning_configuration[0].scan_on_push
+    error_message = "the router's ECR repository has immutable tags and scans every push"
+  }
+  assert {
+    condition     = aws_ecr_repository.router.encryption_configuration[0].encryption_type == "KMS"
+    error_message = "images are encrypted with KMS"
+  }
+  assert {
+    condition     = [for rule in jsondecode(aws_ecr_lifecycle_policy.router.policy).rules : rule.selection.countNumber] == [7, 30]
+    error_message = "untagged images expire after 7 days; the newest 30 images are kept"
+  }
+}
+
+run "the_image_defaults_to_the_repository" {
+  command = plan
+  variables {
+    router_image = null
+  }
+  override_resource {
+    target          = aws_ecr_repository.router
+    override_during = plan
+    values          = { repository_url = "123456789012.dkr.ecr.us-east-1.amazonaws.com/whaleray-router" }
+  }
+
+  assert {
+    condition     = output.router_image == "123456789012.dkr.ecr.us-east-1.amazonaws.com/whaleray-router:0.1.0"
+    error_message = "without router_image, the task definition runs this stack's repository at router_image_tag"
+  }
+  assert {
+    condition     = jsondecode(aws_ecs_task_definition.router.container_definitions)[0].image == output.router_image
+    error_message = "the task definition runs that image"
+  }
+}
