@@ -85,8 +85,12 @@ def test_router_environment_is_settings_the_router_knows() -> None:
     assert settings.resolvers[0].host == service_address("dns")
     dns_entrypoint = COMPOSE["services"]["dns"]["entrypoint"]
     assert settings.resolvers[0].port == int(dns_entrypoint[dns_entrypoint.index("--port") + 1])
-    ports = {tuple(map(int, mapping.split(":"))) for mapping in COMPOSE["services"]["router"]["ports"]}
-    assert ports == {(8080, settings.port), (9901, settings.admin_port)}
+    published = [mapping.split(":") for mapping in COMPOSE["services"]["router"]["ports"]]
+    assert {host for host, _, _ in published} == {"127.0.0.1"}  # the demo is for this machine only
+    assert {(int(outside), int(inside)) for _, outside, inside in published} == {
+        (8080, settings.port),
+        (9901, settings.admin_port),
+    }
     subnet = ipaddress.ip_network(COMPOSE["networks"]["cloudmap"]["ipam"]["config"][0]["subnet"])
     assert settings.upstream_allow_cidrs == (subnet,)
 
