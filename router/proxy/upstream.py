@@ -303,7 +303,9 @@ class UpstreamConnection(asyncio.Protocol):
             raise _PastTheEnd
 
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason
+        # llhttp calls back with each piece of the reason phrase a read holds: one phrase can come in several
+        # (bounded with the rest of the head by _fed_while_head).
+        self._reason = self._reason + reason if self._reason else reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._head_done:
@@ -329,7 +331,8 @@ class UpstreamConnection(asyncio.Protocol):
         if status >= 200:
             self._head_done = True
             self._keep_alive = self._parser.should_keep_alive()
-        length = sink.on_response_head(status, self._reason, headers)
+        reason, self._reason = self._reason, b""  # a 1xx head comes before the final one
+        length = sink.on_response_head(status, reason, headers)
         if length:
             self._body_left = length
         if self._skip_body and status >= 200:
