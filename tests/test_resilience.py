@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import os
 import socket
 import struct
 
@@ -23,6 +22,7 @@ from tests.support import (
     ConnectionScript,
     RouterFactory,
     ScriptedFactory,
+    open_descriptors,
     raw_request,
     read_response,
     wait_for,
@@ -195,10 +195,6 @@ async def resetting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
 def live_router_objects() -> int:
     gc.collect()
     return sum(isinstance(obj, (Exchange, ClientConnection, UpstreamConnection)) for obj in gc.get_objects())
-
-
-def open_descriptors() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -22,7 +21,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from router.app import Router
-from tests.support import free_port, read_response, router_settings
+from tests.support import free_port, open_descriptors, read_response, router_settings
 from whaleray_demo.dns import DemoDnsServer
 
 # Every hostile piece carries this marker, in its headers or its body: it must never reach the second client.
@@ -96,10 +95,6 @@ class Harness:
     errors: list[dict[str, object]]
     baseline_descriptors: int
     examples: int = 0
-
-
-def open_descriptors() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture(scope="module")

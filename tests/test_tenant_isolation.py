@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -22,6 +21,7 @@ from tests.support import (
     RouterFactory,
     RouterProcess,
     ScriptedFactory,
+    open_descriptors,
     raw_request,
     read_response,
     status_of,
@@ -51,10 +51,6 @@ async def ask(port: int, path: bytes) -> tuple[int, dict[str, str], bytes]:
         return await asyncio.wait_for(read_response(reader), 5)
     finally:
         writer.close()
-
-
-def open_descriptors() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 # --- 1. trailers ------------------------------------------------------------------------------------------

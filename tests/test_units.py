@@ -1,21 +1,17 @@
-"""Unit tests of the pure and sans-IO parts: route, headers, pool, cache, balancer. Plain values, fake clocks."""
+"""Unit tests of the pure and sans-IO parts: route, headers, pool, cache, balancer, budget, the access log. Plain
+values, fake clocks. The hot-path harness and the benchmark's reports are tested in test_benchmarks.py, the
+code's shape in test_architecture.py."""
 
 from __future__ import annotations
 
-import ast
-import asyncio
 import io
 import json
 import threading
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks.hotpath import HotPath
-from benchmarks.proxies import REFERENCE_CONF, adapt_reference
-from benchmarks.results import Result, medians, tables
 from router.access_log import ACCESS_FIELDS, AccessLog, AccessRecord, format_json, format_text
 from router.discovery.balancer import Balancer
 from router.discovery.budget import QueryBudget
@@ -23,6 +19,7 @@ from router.discovery.cache import DnsCache, EntryKind
 from router.discovery.resolver import SrvTarget
 from router.discovery.service import address_allowed, plan_srv
 from router.options import _cidrs
+from router.proxy.client import request_line_minor
 from router.proxy.headers import HeaderError, analyse_request, analyse_response, upstream_head
 from router.proxy.pool import ConnectionPool
 from router.proxy.route import RouteKind, parse_target
@@ -406,132 +403,6 @@ def test_text_access_lines_read_like_nginx_combined_and_escape_what_clients_send
     )
 
 
-# --- the hot path, in memory (benchmarks/hotpath.py) -------------------------------------------------------
-
-
-async def test_a_cached_answer_and_an_idle_connection_proxy_without_a_task_or_a_connect() -> None:
-    """The design's common case: answered inside the parser callbacks, on pooled connections only. The same
-    harness measures the hot path's CPU, so this also keeps that measurement honest."""
-    path = HotPath(deployments=3)
-    tasks_before = len(asyncio.all_tasks())
-    path.run(30)
-    path.check()
-    assert path.state.connector.reuses == 30
-    assert path.state.connector.connects == 0
-    assert path.state.inflight == 0
-    assert len(asyncio.all_tasks()) == tasks_before
-    assert path.state.metrics.requests == {("dep-0", 200): 10, ("dep-1", 200): 10, ("dep-2", 200): 10}
-
-
-async def test_request_ids_are_a_random_prefix_and_a_ten_digit_hex_counter() -> None:
-    state = HotPath(deployments=1).state
-    ids = [state.next_request_id() for _ in range(600)]  # across two 256-request stem changes
-    prefix = ids[0][:12]
-    assert ids == [b"%s%010x" % (prefix, counter) for counter in range(1, 601)]
-    assert HotPath(deployments=1).state.next_request_id()[:12] != prefix  # each process its own prefix
-
-
-def test_repeated_benchmark_rounds_report_the_median_round_whole_and_every_ratio() -> None:
-    def result(proxy: str, cpu: float, run: int) -> Result:
-        return Result(proxy, "200 deployments", 1000, 10.0, 100.0, 1.0, cpu / 10, 0, cpu, 0.0, run=run)
-
-    rounds = [result("nginx", 40.0, 1), result("router", 30.0, 1), result("nginx", 50.0, 2)]
-    rounds += [result("router", 20.0, 2), result("nginx", 45.0, 3), result("router", 36.0, 3)]
-    chosen = {r.proxy: r for r in medians(rounds)}
-    assert (chosen["nginx"].cpu_us_per_request, chosen["nginx"].run) == (45.0, 3)
-    assert (chosen["router"].cpu_us_per_request, chosen["router"].p99_ms) == (30.0, 3.0)  # one run's columns
-    lines = tables(rounds)
-    assert "- 200 deployments: router CPU per request = 0.67x Nginx's; p99 3.00 ms vs 4.50 ms; errors 0 vs 0" in lines
-    assert "- 200 deployments, router/Nginx CPU round by round: 0.75x, 0.40x, 0.80x" in lines
-
-
-def test_benchmark_ratios_put_the_routers_beside_nginx_and_the_relay_and_the_others_beside_nginx() -> None:
-    def result(proxy: str, cpu: float) -> Result:
-        return Result(proxy, "1 deployment", 1000, 10.0, 100.0, 1.0, 2.0, 0, cpu, 0.0)
-
-    rounds = [result("nginx", 60.0), result("relay", 15.0), result("haproxy", 30.0)]
-    rounds += [result("router", 18.0), result("router-pure", 30.0)]
-    lines = tables(rounds)
-    same = "p99 2.00 ms vs 2.00 ms; errors 0 vs 0"
-    expected = [
-        f"- 1 deployment: the relay CPU per request = 0.25x Nginx's; {same}",
-        f"- 1 deployment: HAProxy CPU per request = 0.50x Nginx's; {same}",  # no floor but for the routers
-        f"- 1 deployment: router CPU per request = 0.30x Nginx's, 1.20x the relay's; {same}",
-        f"- 1 deployment: pure router CPU per request = 0.50x Nginx's, 2.00x the relay's; {same}",
-    ]
-    assert [line for line in lines if line.startswith("- 1 deployment:")] == expected
-
-
-# --- the benchmark's reference configuration ------------------------------------------------------------------
-
-
-def test_the_reference_nginx_configuration_is_in_the_repository_and_adapts() -> None:
-    """`make bench` runs from a clone alone: the copy is here, says where it comes from, and keeps its shape."""
-    assert REFERENCE_CONF.is_relative_to(Path(__file__).resolve().parent.parent)
-    assert "shared/reference/nginx-router.conf" in REFERENCE_CONF.read_text().splitlines()[0]
-    adapted = adapt_reference(18080, 18053, 13000)
-    assert "listen 127.0.0.1:18080;" in adapted
-    assert "resolver 127.0.0.1:18053 " in adapted
-    assert ".whaleray.local:13000/" in adapted
-
-
-# --- the code's shape ----------------------------------------------------------------------------------------
-
-ROUTER = Path(__file__).resolve().parent.parent / "router"
-
-
-def _router_imports() -> dict[str, set[str]]:
-    """Each module of router/ and the router modules it imports at run time (not under TYPE_CHECKING)."""
-    graph: dict[str, set[str]] = {}
-    for path in ROUTER.rglob("*.py"):
-        module = ".".join(path.relative_to(ROUTER.parent).with_suffix("").parts).removesuffix(".__init__")
-        tree = ast.parse(path.read_text())
-        typing_only = {
-            id(node)
-            for block in ast.walk(tree)
-            if isinstance(block, ast.If) and ast.unparse(block.test) in {"TYPE_CHECKING", "typing.TYPE_CHECKING"}
-            for node in ast.walk(block)
-        }
-        imported = set()
-        for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("router"):
-                imported.add(node.module)
-                imported |= {f"{node.module}.{alias.name}" for alias in node.names}
-            elif isinstance(node, ast.Import):
-                imported |= {alias.name for alias in node.names if alias.name.startswith("router")}
-        graph[module] = imported
-    return {
-        module: {name for name in imported if name in graph and name != module} for module, imported in graph.items()
-    }
-
-
-def test_no_module_of_router_is_over_450_lines() -> None:
-    sizes = {path.relative_to(ROUTER.parent): len(path.read_text().splitlines()) for path in ROUTER.rglob("*.py")}
-    assert {path: lines for path, lines in sizes.items() if lines > 450} == {}
-
-
-def test_router_modules_import_each_other_without_a_cycle() -> None:
-    graph = _router_imports()
-    assert graph["router.proxy.client"] >= {"router.proxy.exchange", "router.proxy.server"}  # the walk sees imports
-    visiting: list[str] = []
-    done: set[str] = set()
-
-    def visit(module: str) -> None:
-        assert module not in visiting, "import cycle: " + " -> ".join([*visiting[visiting.index(module) :], module])
-        if module in done:
-            return
-        visiting.append(module)
-        for imported in sorted(graph[module]):
-            visit(imported)
-        visiting.pop()
-        done.add(module)
-
-    for module in sorted(graph):
-        visit(module)
-
-
 async def test_access_log_drops_and_counts_batches_beyond_its_bound_while_stdout_stalls() -> None:
     class StalledStream(io.StringIO):
         def __init__(self) -> None:
@@ -553,3 +424,21 @@ async def test_access_log_drops_and_counts_batches_beyond_its_bound_while_stdout
         stream.released.set()
         log.close()
     assert stream.getvalue().count("\n") == AccessLog.MAX_QUEUED_BATCHES + 10 - log.dropped
+
+
+# --- the request line's version, read off the client's bytes ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("read", "minor"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", 1),
+        (b"GET /services/a/b?c=d HTTP/1.0\r\n\r\n", 0),
+        (b"\r\nGET / HTTP/1.1\r\n\r\n", -1),  # an empty line first: the parser is asked
+        (b"GET / HTTP/1.1\nHost: h HTTP/1.0\r\n\r\n", -1),  # a bare LF: never guess past it
+        (b"GET / HTTP/2.0\r\n\r\n", -1),
+        (b"GET / HTTP/1.1", -1),  # no line end in this read
+    ],
+)
+def test_request_line_minor_reads_only_a_whole_http_1_line(read: bytes, minor: int) -> None:
+    assert request_line_minor(read) == minor

@@ -1,4 +1,5 @@
-"""What a finished exchange leaves behind: its request metrics, its limit slot given back, its access-log line."""
+"""What an ended exchange leaves behind: its request metrics and its access-log line, read from its record.
+Nothing here changes the exchange: it gave back what it held when it ended (exchange.py, `_end`)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,23 @@ from router.access_log import AccessRecord
 from router.proxy.exchange import Exchange
 
 
-def record(exchange: Exchange, status: int) -> None:
-    """Count a finished (or abandoned) exchange, release its limit slot, and log it."""
+def record(exchange: Exchange) -> None:
+    """Count an ended (DONE or ABANDONED) exchange, and log it."""
     state = exchange.state
-    duration = time.perf_counter() - exchange.started_at
-    if exchange.counted:
-        state.metrics.request(state.metrics.label(exchange.deployment, exchange.resolved), status, duration)
-    if exchange.admitted:
-        exchange.admitted = False
-        state.limits.release(exchange.deployment)
+    record = exchange.record
+    duration = time.perf_counter() - record.started_at
+    if record.counted:
+        state.metrics.request(state.metrics.label(exchange.deployment, record.resolved), record.status, duration)
     if state.access_log is not None:
-        state.access_log.write(access_record(exchange, status, duration))
+        state.access_log.write(access_record(exchange, duration))
 
 
-def access_record(exchange: Exchange, status: int, duration_s: float) -> AccessRecord:
+def access_record(exchange: Exchange, duration_s: float) -> AccessRecord:
     """The access-log values of one request, formatted off the loop. The path is logged without its query
     string (tokens live there)."""
     info = exchange.info
     address = exchange.address
+    record = exchange.record
     user_agent = traceparent = None
     for name, value in exchange.headers:  # read here, when logging, rather than on every request's hot path
         if len(name) == 10 and name.lower() == b"user-agent":
@@ -43,14 +43,14 @@ def access_record(exchange: Exchange, status: int, duration_s: float) -> AccessR
         method=exchange.method.decode("latin-1"),
         deployment=exchange.deployment or None,
         path=exchange.target.split(b"?", 1)[0].decode("latin-1"),
-        status=status,
-        bytes_in=exchange.body_received,
-        bytes_sent=exchange.bytes_out,
+        status=record.status,
+        bytes_in=exchange.body.received,
+        bytes_sent=record.bytes_out,
         duration_ms=round(duration_s * 1000, 3),
         upstream_addr=f"{address[0]}:{address[1]}" if address else None,
         upstream_reused=exchange.reused if address else None,
-        upstream_connect_ms=round(exchange.connect_s * 1000, 3) if address and not exchange.reused else None,
-        upstream_header_ms=round(exchange.header_s * 1000, 3) if exchange.header_s else None,
-        dns=exchange.dns_result or None,
-        error=exchange.error_code or None,
+        upstream_connect_ms=round(record.connect_s * 1000, 3) if address and not exchange.reused else None,
+        upstream_header_ms=round(record.header_s * 1000, 3) if record.header_s else None,
+        dns=record.dns or None,
+        error=record.error_code or None,
     )
