@@ -211,15 +211,14 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
 
     def on_url(self, url: bytes) -> None:
         assert self._parsing is not None
-        self._parsing.target += url
+        self._parsing.add_target(url)
         self._grow_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self._parsing is not None
-        headers = self._parsing.headers
-        headers.append((name, value))
+        count = self._parsing.add_header(name, value)
         self._grow_head(len(name) + len(value) + 4)
-        if len(headers) > self.state.settings.max_header_count:
+        if count > self.state.settings.max_header_count:
             self._head_error = "headers_too_large"
             raise ValueError("too many header lines")
 

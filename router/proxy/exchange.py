@@ -109,6 +109,16 @@ class Exchange:
 
     # --- the request head ----------------------------------------------------------------------------------
 
+    def add_target(self, piece: bytes) -> None:
+        """The parser's next piece of the request target (llhttp calls back once per piece a read holds)."""
+        self.target += piece
+
+    def add_header(self, name: bytes, value: bytes) -> int:
+        """One more header line of the head; how many there are now."""
+        headers = self.headers
+        headers.append((name, value))
+        return len(headers)
+
     def complete_head(self, parser: httptools.HttpRequestParser, minor: int) -> None:
         """Validate the parsed head; a problem becomes `self.error`, answered when the exchange starts. `minor`:
         HTTP/1.x's minor version read off the request line by the client connection, or -1 to ask the parser."""
