@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -53,3 +55,12 @@ def wait_until(condition: Callable[[], bool], seconds: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {seconds} s: {condition}")
         time.sleep(0.25)
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """A plain GET from this machine to a published port: status and body, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()

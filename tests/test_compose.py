@@ -11,14 +11,12 @@ import json
 import re
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.containers import engine_or_fail
+from tests.containers import engine_or_fail, http_get
 
 pytestmark = pytest.mark.container
 
@@ -35,14 +33,6 @@ def readme_commands(section: str) -> list[str]:
     return [line for line in block.splitlines() if line.strip()]
 
 
-def fetch(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
 def check(line: str) -> None:
     """Ask the URL of one README line and check the answer against the line's comment."""
     url = CURL.search(line)
@@ -50,16 +40,16 @@ def check(line: str) -> None:
     expected = line.split("#", 1)[1].strip() if "#" in line else ""
     if line.startswith("for i in"):  # the multi-address deployment: its backends in turn
         count = int(re.search(r"for i in ([\d ]+);", line).group(1).split()[-1])  # type: ignore[union-attr]
-        answered = {json.loads(fetch(url.group(1))[1])["backend"] for _ in range(count)}
+        answered = {json.loads(http_get(url.group(1))[1])["backend"] for _ in range(count)}
         assert answered == {name.strip() for name in expected.split(",") if name.strip() != "..."}, line
     elif backend := re.fullmatch(r'\{"backend": "([\w-]+)", \.\.\.\}', expected):
-        status, body = fetch(url.group(1))
+        status, body = http_get(url.group(1))
         assert (status, json.loads(body)["backend"]) == (200, backend.group(1)), line
     elif error := re.fullmatch(r"(\d{3}) (\w+)", expected):
-        status, body = fetch(url.group(1))
+        status, body = http_get(url.group(1))
         assert (status, json.loads(body)["code"]) == (int(error.group(1)), error.group(2)), line
     elif grep := re.search(r"\| grep (\w+)$", line):
-        status, body = fetch(url.group(1))
+        status, body = http_get(url.group(1))
         assert status == 200
         assert grep.group(1).encode() in body, line
     else:

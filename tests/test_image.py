@@ -15,8 +15,6 @@ import json
 import resource
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.containers import DOCKER, docker, engine_or_fail, image_under_test, wait_until
+from tests.containers import DOCKER, docker, engine_or_fail, http_get, image_under_test, wait_until
 
 pytestmark = pytest.mark.container
 
@@ -75,17 +73,9 @@ def address_of(container: str, network: str) -> str:
     )
 
 
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
 def answers(url: str, status: int) -> bool:
     try:
-        return get(url)[0] == status
+        return http_get(url)[0] == status
     except OSError:
         return False
 
@@ -149,18 +139,18 @@ def test_runtime_image_has_no_compiler_no_demo_and_adds_no_wheel() -> None:
 
 
 def test_router_container_routes_through_its_own_resolver(router_container: RunningRouter) -> None:
-    status, body = get(f"{router_container.proxy}/services/hello/api/users?page=2")
+    status, body = http_get(f"{router_container.proxy}/services/hello/api/users?page=2")
     assert status == 200
     echoed = json.loads(body)
     assert (echoed["backend"], echoed["path"], echoed["query"]) == ("hello-backend", "/api/users", "page=2")
-    status, body = get(f"{router_container.proxy}/services/ghost/")
+    status, body = http_get(f"{router_container.proxy}/services/ghost/")
     assert (status, json.loads(body)["code"]) == (502, "deployment_not_found")
 
 
 def test_router_container_admin_answers(router_container: RunningRouter) -> None:
-    assert get(f"{router_container.admin}/health")[0] == 200
-    assert get(f"{router_container.admin}/ready")[0] == 200
-    status, metrics = get(f"{router_container.admin}/metrics")
+    assert http_get(f"{router_container.admin}/health")[0] == 200
+    assert http_get(f"{router_container.admin}/ready")[0] == 200
+    status, metrics = http_get(f"{router_container.admin}/metrics")
     assert status == 200
     assert b"whaleray_requests_total" in metrics
 
