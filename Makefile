@@ -99,11 +99,12 @@ image-test: $(STAMP) $(TOOLS_STAMP)
 # Compose v2 from PyPI (make tools): Debian's engine comes without the compose plugin.
 COMPOSE := $(CURDIR)/$(TOOLS)/bin/docker-compose -f $(CURDIR)/docker/docker-compose.yml
 
-## make compose-up: the routing demo in containers (docker/README.md): an engine, the base, the build, started
-## in the background once the router is healthy
+## make compose-up: the routing demo in containers (docker/README.md): an engine, the base, the image built
+## once (every service runs it; Compose would build it once per service), started in the background once healthy
 compose-up: $(TOOLS_STAMP)
 	scripts/container-engine.sh
-	BASE_IMAGE=$$(scripts/base-image.sh) $(COMPOSE) up --build --detach --wait
+	BASE_IMAGE=$$(scripts/base-image.sh) $(COMPOSE) build router
+	$(COMPOSE) up --no-build --detach --wait
 
 ## make compose-down: stop the compose demo (the router drains first) and remove its containers and network
 compose-down: $(TOOLS_STAMP)

@@ -18,7 +18,8 @@ import pytest
 
 from tests.containers import engine_or_fail, http_get
 
-pytestmark = pytest.mark.container
+# Builds and containers take longer than the suite's 60 s a test; each command is bounded on its own.
+pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "docker" / "README.md").read_text()

@@ -24,7 +24,8 @@ import pytest
 
 from tests.containers import DOCKER, docker, engine_or_fail, http_get, image_under_test, wait_until
 
-pytestmark = pytest.mark.container
+# Builds and containers take longer than the suite's 60 s a test; each command is bounded on its own.
+pytestmark = [pytest.mark.container, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK_DEFINITION: dict[str, Any] = json.loads((ROOT / "infra" / "task-definition.json").read_text())
