@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.cpus import SUPERVISOR_MIB, WORKER_MIB, available_cpus, cgroup_cpu_quota, plan_workers
-from tests.support import BackendFactory, RouterProcess, wait_for, workers_serving
+from tests.support import BackendFactory, RouterProcess, slow_app, wait_for, workers_serving
 from tests.support import children_of as children
 from whaleray_demo.dns import DemoDnsServer
 
@@ -126,10 +126,24 @@ async def test_killed_worker_is_restarted_while_the_other_keeps_serving(
 async def test_sigterm_drains_every_worker_and_exits_0(
     router_process: StartRouter, dns: DemoDnsServer, backend: BackendFactory
 ) -> None:
-    router = await router_process("--workers", "2", "--drain-delay", "0.2")
-    await wait_for(lambda: len(children(router.process.pid)) == 2)
+    """Requests in flight when SIGTERM arrives are answered in full, then every worker exits and so does the
+    supervisor, with 0."""
+    arrivals: list[str] = []
+    dns.set_a("hello", ["127.0.0.2"])
+    await backend("127.0.0.2", app=slow_app(1.0, "done", arrivals))
+    router = await router_process("--workers", "2", "--drain-delay", "0.2", "--drain-timeout", "10")
+    await wait_for(lambda: workers_serving(router, 2))
     workers = children(router.process.pid)
-    router.process.send_signal(signal.SIGTERM)
+    async with aiohttp.ClientSession() as session:
+
+        async def slow() -> tuple[int, str]:
+            async with session.get(f"http://127.0.0.1:{router.port}/services/hello/slow") as response:
+                return response.status, await response.text()
+
+        in_flight = [asyncio.create_task(slow()) for _ in range(4)]
+        await wait_for(lambda: len(arrivals) == 4)
+        router.process.send_signal(signal.SIGTERM)
+        assert await asyncio.gather(*in_flight) == [(200, "done")] * 4
     assert await asyncio.wait_for(router.process.wait(), 15) == 0
     assert not set(workers) & set(children(router.process.pid))
 
