@@ -1,5 +1,6 @@
 # Three roles, each with only what it needs: the instances join the cluster; the execution role pulls the
-# image and writes logs; the task role has no permissions (the router calls no AWS API: DNS is not one).
+# image and writes logs; the task role may only wake opted-in deployments (wake.tf), and nothing when
+# wake_on_request is off (routing itself calls no AWS API: DNS is not one).
 
 data "aws_iam_policy_document" "ec2_assume" {
   statement {

@@ -11,6 +11,7 @@ locals {
     { WHALERAY_NAMESPACE = var.namespace, WHALERAY_UPSTREAM_PORT = tostring(var.backend_port) },
     # Bridge-mode deployments register SRV records (address and dynamic host port); A records carry no port.
     var.deployments_network_mode == "bridge" ? { WHALERAY_DISCOVERY = "srv" } : {},
+    local.wake_environment, # wake.tf
     var.router_environment,
   )
   router_port = tonumber(local.router_environment["WHALERAY_PORT"])

@@ -293,3 +293,9 @@ variable "backend_port" {
   type        = number
   default     = 3000
 }
+
+variable "wake_on_request" {
+  description = "Let the router wake deployments asleep at zero tasks on their first request (only those that opt in: modules/deployment's wake_on_request). Grants the router's task role exactly that (wake.tf)."
+  type        = bool
+  default     = true
+}

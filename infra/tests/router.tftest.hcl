@@ -331,3 +331,45 @@ run "the_image_defaults_to_the_repository" {
     error_message = "the task definition runs that image"
   }
 }
+
+run "the_router_may_wake_only_opted_in_services_of_its_cluster" {
+  command = plan
+
+  assert {
+    condition     = output.router_container_definition.environment[index(output.router_container_definition.environment[*].name, "WHALERAY_WAKE_CLUSTER")].value == aws_ecs_cluster.this.name
+    error_message = "the router wakes services of the platform cluster"
+  }
+  assert {
+    condition     = length(aws_iam_role_policy.router_wake) == 1
+    error_message = "the router's task role gets the wake permissions"
+  }
+  assert {
+    condition = one([
+      for s in data.aws_iam_policy_document.router_wake.statement : s
+      if contains(s.actions, "ecs:UpdateService")
+      ]).resources == toset(["arn:aws:ecs:us-east-1:123456789012:service/${aws_ecs_cluster.this.name}/*"]) && one([
+      for s in data.aws_iam_policy_document.router_wake.statement : one(s.condition)
+      if contains(s.actions, "ecs:UpdateService")
+    ]).variable == "aws:ResourceTag/whaleray:wake"
+    error_message = "UpdateService only on the cluster's services carrying the opt-in tag"
+  }
+  assert {
+    condition = toset(one([
+      for s in data.aws_iam_policy_document.router_wake.statement : one(s.condition).values
+      if contains(s.actions, "cloudwatch:PutMetricData")
+    ])) == toset(["WhaleRay/Router"])
+    error_message = "metrics only into the router's own namespace"
+  }
+}
+
+run "without_waking_the_task_role_has_no_permission" {
+  command = plan
+  variables {
+    wake_on_request = false
+  }
+
+  assert {
+    condition     = length(aws_iam_role_policy.router_wake) == 0 && !contains(output.router_container_definition.environment[*].name, "WHALERAY_WAKE_CLUSTER")
+    error_message = "no wake permissions and no wake settings when it is off"
+  }
+}

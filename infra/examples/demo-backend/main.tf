@@ -44,7 +44,29 @@ module "hello" {
   namespace_name           = module.platform.namespace_name
 }
 
+# The same backend asleep at zero tasks: the router wakes it on its first request, and it sleeps again after
+# 15 minutes without one.
+module "sleepy" {
+  source                   = "../../modules/deployment"
+  deployment_id            = "sleepy"
+  namespace_id             = module.platform.namespace_id
+  cluster_name             = module.platform.cluster_name
+  capacity_provider_name   = module.platform.capacity_provider_name
+  image                    = var.router_image
+  entry_point              = ["python", "-m", "whaleray_demo.backend", "--name", "sleepy-backend", "--port", "3000"]
+  subnet_ids               = module.platform.private_subnet_ids
+  vpc_id                   = module.platform.vpc_id
+  router_security_group_id = module.platform.router_security_group_id
+  namespace_name           = module.platform.namespace_name
+  wake_on_request          = { wake_to = 1, idle_minutes = 15 }
+}
+
 output "try" {
   description = "A request through the ALB and the router to the demo backend."
   value       = "curl -s http://${module.platform.alb_dns_name}/services/hello/"
+}
+
+output "try_sleepy" {
+  description = "The first request wakes the sleeping deployment (a cold start of a task), then it is answered."
+  value       = "curl -s http://${module.platform.alb_dns_name}/services/sleepy/"
 }

@@ -7,6 +7,10 @@ data "aws_region" "current" {}
 locals {
   tags   = merge({ Project = "whaleray", Deployment = var.deployment_id, ManagedBy = "terraform" }, var.tags)
   awsvpc = var.network_mode == "awsvpc"
+  wake   = var.wake_on_request != null
+  # The opt-in tag: its value is the task count the router wakes the deployment to.
+  wake_tags = local.wake ? { "whaleray:wake" = tostring(var.wake_on_request.wake_to) } : {}
+  service   = one(concat(aws_ecs_service.this[*], aws_ecs_service.sleeping[*]))
 }
 
 resource "aws_service_discovery_service" "this" {
@@ -22,7 +26,7 @@ resource "aws_service_discovery_service" "this" {
   health_check_custom_config {
     failure_threshold = 1 # ECS reports task health to Cloud Map
   }
-  tags = local.tags
+  tags = merge(local.tags, local.wake_tags) # the router reads the opt-in here (its catalogue)
 }
 
 resource "aws_cloudwatch_log_group" "this" {
@@ -129,7 +133,11 @@ resource "aws_vpc_security_group_egress_rule" "out" {
   ip_protocol       = "-1"
 }
 
+# The service, in one of two forms: `this`, whose task count Terraform owns (desired_count), or, with
+# wake_on_request, `sleeping`, whose count the router raises from zero and Application Auto Scaling sets back
+# to zero when idle (wake.tf): Terraform sets it at creation and leaves it alone after.
 resource "aws_ecs_service" "this" {
+  count           = local.wake ? 0 : 1
   name            = "whaleray-${var.deployment_id}"
   cluster         = var.cluster_name
   task_definition = aws_ecs_task_definition.this.arn
@@ -155,4 +163,41 @@ resource "aws_ecs_service" "this" {
     }
   }
   tags = local.tags
+}
+
+moved {
+  from = aws_ecs_service.this
+  to   = aws_ecs_service.this[0]
+}
+
+resource "aws_ecs_service" "sleeping" {
+  count           = local.wake ? 1 : 0
+  name            = "whaleray-${var.deployment_id}"
+  cluster         = var.cluster_name
+  task_definition = aws_ecs_task_definition.this.arn
+  desired_count   = 0 # asleep until the first request
+  capacity_provider_strategy {
+    capacity_provider = var.capacity_provider_name
+    weight            = 1
+  }
+  deployment_circuit_breaker {
+    enable   = true
+    rollback = true
+  }
+  service_registries {
+    registry_arn   = aws_service_discovery_service.this.arn
+    container_name = local.awsvpc ? null : "backend"
+    container_port = local.awsvpc ? null : var.container_port
+  }
+  dynamic "network_configuration" {
+    for_each = local.awsvpc ? [1] : []
+    content {
+      subnets         = var.subnet_ids
+      security_groups = [aws_security_group.this[0].id]
+    }
+  }
+  tags = merge(local.tags, local.wake_tags) # IAM lets the router wake only services with this tag
+  lifecycle {
+    ignore_changes = [desired_count]
+  }
 }

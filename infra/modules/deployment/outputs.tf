@@ -10,7 +10,7 @@ output "service_discovery_arn" {
 
 output "ecs_service_name" {
   description = "The deployment's ECS service."
-  value       = aws_ecs_service.this.name
+  value       = local.service.name
 }
 
 output "task_role_arn" {

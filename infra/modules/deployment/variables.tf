@@ -135,3 +135,20 @@ variable "tags" {
   default     = {}
   nullable    = false
 }
+
+variable "wake_on_request" {
+  description = "Sleep at zero tasks when idle and wake on the first request, which the router holds meanwhile (wake.tf): the task count to wake to, and the minutes without a request or one in flight, across every router, before sleeping (also the least time awake). null: always running at desired_count."
+  type = object({
+    wake_to      = optional(number, 1)
+    idle_minutes = optional(number, 15)
+  })
+  default = null
+  validation {
+    condition     = var.wake_on_request == null || try(var.wake_on_request.wake_to >= 1 && var.wake_on_request.wake_to <= 10, false)
+    error_message = "wake_to must be 1-10 (the router wakes to at most 10 tasks)."
+  }
+  validation {
+    condition     = var.wake_on_request == null || try(var.wake_on_request.idle_minutes >= 1 && var.wake_on_request.idle_minutes <= 1440, false)
+    error_message = "idle_minutes must be 1-1440: a CloudWatch alarm evaluates at most a day of one-minute periods."
+  }
+}
