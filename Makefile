@@ -74,7 +74,7 @@ suite = WHALERAY_CHECK_PHASES=1 ROUTER_TEST_BUILD=$(1) ROUTER_UNDER_TEST=$(ARTIF
 	$(ARTIFACTS)/$(1)/suite/bin/pytest --import-mode=append
 # The pure wheel runs these; the compiled wheel runs the whole suite. The container tests have their own target.
 PURE_TESTS := tests/test_process.py tests/test_operator.py tests/test_units.py tests/test_benchmarks.py \
-	tests/test_tenant_isolation.py tests/test_response_fuzz.py
+	tests/test_tenant_isolation.py tests/test_response_fuzz.py tests/test_wake.py
 
 ## make pytest: the suite against both installed wheels (pure: the process, hot-path and tenant tests)
 pytest: artifacts $(TOOLS_STAMP)

@@ -12,7 +12,8 @@ loop wake-ups, only the Python and C work the router does per request, best of s
 
 For counts that do not depend on the machine's mood, run it under callgrind with two sizes and subtract:
 instructions per request = (Ir of `--rounds 1 --requests 20000` - Ir of `--requests 0`) / 20000, each from
-`valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python -m benchmarks.hotpath ...`.
+`valgrind --tool=callgrind --callgrind-out-file=/dev/null .venv/bin/python -m benchmarks.hotpath ...`, with
+PYTHONHASHSEED=0 set for both (per-process string hashing moves the count by tens of instructions).
 """
 
 from __future__ import annotations

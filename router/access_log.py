@@ -40,6 +40,7 @@ class AccessRecord(NamedTuple):
     upstream_header_ms: float | None  # request sent to response head
     dns: str | None  # hit, miss, stale, negative, busy or error
     error: str | None  # the router's error code, when it answered with one
+    held_ms: float | None  # how long the request was held while its deployment woke; None when it was not
 
 
 ACCESS_FIELDS = AccessRecord._fields
@@ -135,7 +136,7 @@ _JSON_TEMPLATE = (
     '{"time":"%s","type":"access","request_id":"%s","trace_id":%s,"traceparent":%s,"client_ip":"%s",'
     '"x_forwarded_for":%s,"user_agent":%s,"method":"%s","deployment":%s,"path":%s,"status":%d,"bytes_in":%d,'
     '"bytes_sent":%d,"duration_ms":%s,"upstream_addr":%s,"upstream_reused":%s,"upstream_connect_ms":%s,'
-    '"upstream_header_ms":%s,"dns":%s,"error":%s}'
+    '"upstream_header_ms":%s,"dns":%s,"error":%s,"held_ms":%s}'
 )
 _encode_string = json.encoder.encode_basestring_ascii
 
@@ -159,6 +160,7 @@ def format_json(stamp: str, r: AccessRecord) -> str:
         r.bytes_sent, r.duration_ms, _token(r.upstream_addr),
         "null" if r.upstream_reused is None else ("true" if r.upstream_reused else "false"),
         _number(r.upstream_connect_ms), _number(r.upstream_header_ms), _token(r.dns), _token(r.error),
+        _number(r.held_ms),
     )  # fmt: skip
 
 
@@ -169,7 +171,7 @@ def format_text(stamp: str, r: AccessRecord) -> str:
     extra = (
         f"rt={r.duration_ms} deployment={r.deployment or '-'} upstream={r.upstream_addr or '-'} "
         f"uct={_dash(r.upstream_connect_ms)} uht={_dash(r.upstream_header_ms)} dns={r.dns or '-'} "
-        f"error={r.error or '-'} request_id={r.request_id}"
+        f"error={r.error or '-'} held={_dash(r.held_ms)} request_id={r.request_id}"
     )
     return f'{r.client_ip} - - [{stamp}] {request} {r.status} {r.bytes_sent} "-" {agent} {extra}'
 

@@ -31,6 +31,7 @@ from router.proxy.server import ServerState
 from router.settings import Settings
 from router.signals import handle_stop_signals
 from router.view import deployment_view, discovery_view, worker_views
+from router.wake.service import Waking
 from router.worker_report import REPORT_INTERVAL_S, CountsReport, ViewsReport
 from router.worker_report import encode as encode_report
 
@@ -86,6 +87,7 @@ class Router:
         )
         self.access_log: AccessLog | None = None
         self._probe: asyncio.Task[None] | None = None
+        self._waking: Waking | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -103,10 +105,12 @@ class Router:
             "upstream_active": state.upstream_active,
             "upstream_idle": state.connector.pool.idle_count,
             "dns_cache_entries": lambda: len(state.discovery.cache),
+            "held": lambda: 0 if state.waker is None else state.waker.held,
             "access_lines_dropped": lambda: 0 if self.access_log is None else self.access_log.dropped,
             "application_lines_dropped": lambda: DroppingQueueHandler.dropped,
         }
         self.state = state
+        self._waking = await Waking.start(settings, state)
         self._server = await loop.create_server(
             lambda: ClientConnection(state),
             settings.host,
@@ -208,6 +212,8 @@ class Router:
             self.state.connector.close_idle()
         if self.admin is not None:
             await self.admin.stop()
+        if self._waking is not None:
+            await self._waking.stop()
         if self._discovery is not None:
             await self._discovery.close()
         if self._resolver is not None:

@@ -85,5 +85,20 @@ def check_summary(settings: Settings) -> str:
     return (
         f"listen {settings.host}:{settings.port}, {admin}, {workers} worker(s), "
         f"<id>.{settings.namespace} via {resolvers} ({settings.discovery.upper()} records), "
-        f"backends on port {settings.upstream_port} in {','.join(map(str, settings.upstream_allow_cidrs))}"
+        f"backends on port {settings.upstream_port} in {','.join(map(str, settings.upstream_allow_cidrs))}, "
+        f"{wake_summary(settings)}"
     )
+
+
+def wake_summary(settings: Settings) -> str:
+    """Whether sleeping deployments wake, and if not why: with --wake-cluster, the AWS SDK's credential chain is
+    read (environment, profile, the ECS task role's endpoint); no AWS API is called."""
+    if not settings.wake_cluster:
+        return "waking off (no --wake-cluster)"
+    import asyncio
+
+    from router.wake.aws import credentials_found
+    from router.wake.service import off_reason
+
+    reason = off_reason(settings, asyncio.run(credentials_found(settings)))
+    return f"waking on (cluster {settings.wake_cluster})" if reason is None else f"waking off: {reason}"

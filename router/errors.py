@@ -24,6 +24,8 @@ class ErrorKind:
     # Whether the body names the deployment: for errors about it (its lookup, its backend), not about the
     # request itself, where the path may not even hold a valid id.
     names_deployment: bool = False
+    # Seconds a client is told to wait before trying again (Retry-After), for a refusal that passes; 0: none.
+    retry_after_s: int = 0
 
 
 _KINDS: Final[tuple[ErrorKind, ...]] = (
@@ -43,6 +45,22 @@ _KINDS: Final[tuple[ErrorKind, ...]] = (
     ErrorKind("resolver_unavailable", 503, "Service discovery unavailable", log_each=True, names_deployment=True),
     ErrorKind("resolver_busy", 503, "Service discovery busy, retry shortly", names_deployment=True),
     ErrorKind("deployment_overloaded", 503, "Too many requests in flight for this deployment"),
+    ErrorKind(
+        "wake_queue_full",
+        503,
+        "Deployment is waking up; too many requests wait for it, retry shortly",
+        names_deployment=True,
+        retry_after_s=5,
+    ),
+    ErrorKind(
+        "wake_unavailable",
+        503,
+        "Deployment is asleep and could not be woken now, retry shortly",
+        log_each=True,
+        names_deployment=True,
+        retry_after_s=5,
+    ),
+    ErrorKind("wake_timeout", 504, "Deployment did not wake up in time", log_each=True, names_deployment=True),
     ErrorKind("upstream_timeout", 504, "Service did not answer in time", log_each=True, names_deployment=True),
 )
 

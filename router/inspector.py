@@ -44,6 +44,10 @@ def main(argv: Sequence[str]) -> int:
 def deployment_table(view: dict[str, Any]) -> list[str]:
     expires = "-" if view["expires_in"] is None else f"{view['expires_in']:.1f} s"
     lines = [f"deployment {view['deployment']}: {view['state']}, expires in {expires}"]
+    wake = view.get("wake")
+    if wake is not None:  # waking is on and the catalogue lists it
+        age = "" if wake["age_s"] is None else f", wake started {wake['age_s']:.1f} s ago"
+        lines.append(f"wake: {wake['state']}{age}, {wake['held']} request(s) held")
     if not view["addresses"]:
         return lines
     rows = [("ADDRESS", "EJECTED", "IDLE", "ACTIVE")]

@@ -55,6 +55,8 @@ FAST_BUCKETS: Final[tuple[float, ...]] = (
     2.5,
     5.0,
 )
+# A wake may wait for ECS to start an instance, then a task: minutes, not milliseconds.
+WAKE_BUCKETS: Final[tuple[float, ...]] = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 DNS_RESULTS: Final[tuple[str, ...]] = ("hit", "miss", "negative", "stale", "error", "busy")
 
 
@@ -96,6 +98,7 @@ GAUGES: Final[tuple[tuple[str, str, tuple[str, ...], str], ...]] = (
     ("upstream_active", "whaleray_upstream_connections", ("state", "active"), "Backend connections."),
     ("upstream_idle", "whaleray_upstream_connections", ("state", "idle"), "Backend connections."),
     ("dns_cache_entries", "whaleray_dns_cache_entries", (), "Names in the DNS cache, known and unknown."),
+    ("held", "whaleray_held_requests", (), "Requests held while their deployment wakes."),
     ("access_lines_dropped", "whaleray_log_lines_dropped", ("log", "access"), _DROPPED_HELP),
     ("application_lines_dropped", "whaleray_log_lines_dropped", ("log", "application"), _DROPPED_HELP),
 )
@@ -115,6 +118,10 @@ class Metrics(Collector):
         self.dns_query_duration = Histogram(FAST_BUCKETS)
         self.connect_duration = Histogram(FAST_BUCKETS)
         self.reused = 0
+        self.wakes: dict[str, int] = {}  # wakes ended, by result (router/wake/waker.py)
+        self.wake_duration = Histogram(WAKE_BUCKETS)
+        self.wake_updates = 0  # UpdateService calls that raised a desired count from 0
+        self.wake_overflows = 0  # requests refused wake_queue_full
         registry.register(self)
 
     # --- recording (hot path) ----------------------------------------------------------------------------
@@ -145,6 +152,11 @@ class Metrics(Collector):
         key = (label, reason)
         self.rejections[key] = self.rejections.get(key, 0) + 1
 
+    def woke(self, result: str, duration_s: float) -> None:
+        """A wake ended with `result` (woken, woken_elsewhere, already_awake, timeout, failed, ...)."""
+        self.wakes[result] = self.wakes.get(result, 0) + 1
+        self.wake_duration.observe(duration_s)
+
     # --- exporting (scrape time) ---------------------------------------------------------------------------
 
     def collect(self) -> Iterable[Metric]:
@@ -164,7 +176,11 @@ class Metrics(Collector):
             "whaleray_upstream_connect_duration_seconds", "Time to open a backend connection.", self.connect_duration
         )
         yield self._histogram("whaleray_dns_query_duration_seconds", "Time of one DNS lookup.", self.dns_query_duration)
+        yield self._histogram(
+            "whaleray_wake_duration_seconds", "Time from a wake's start to its end, by any result.", self.wake_duration
+        )
         yield from self._counters()
+        yield from self._wake_counters()
         if self.gauges is not None:
             yield from self._gauges(self.gauges)
 
@@ -188,6 +204,20 @@ class Metrics(Collector):
         for result, count in self.dns_lookups.items():
             lookups.add_metric([result], count)
         yield lookups
+
+    def _wake_counters(self) -> Iterable[Metric]:
+        wakes = CounterMetricFamily("whaleray_wakes", "Wakes of sleeping deployments, by result.", labels=["result"])
+        for result, count in sorted(self.wakes.items()):
+            wakes.add_metric([result], count)
+        yield wakes
+        updates = CounterMetricFamily(
+            "whaleray_wake_updates", "UpdateService calls that raised a desired count from 0."
+        )
+        updates.add_metric([], self.wake_updates)
+        yield updates
+        overflows = CounterMetricFamily("whaleray_wake_overflows", "Requests refused because the wake queue was full.")
+        overflows.add_metric([], self.wake_overflows)
+        yield overflows
 
     @staticmethod
     def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
@@ -219,6 +249,10 @@ class Metrics(Collector):
             "dns_query_duration": [*self.dns_query_duration.counts, self.dns_query_duration.total],
             "connect_duration": [*self.connect_duration.counts, self.connect_duration.total],
             "reused": self.reused,
+            "wakes": self.wakes,
+            "wake_duration": [*self.wake_duration.counts, self.wake_duration.total],
+            "wake_updates": self.wake_updates,
+            "wake_overflows": self.wake_overflows,
             "gauges": {} if gauges is None else {name: read() for name, read in gauges.items()},
         }
 
@@ -241,6 +275,11 @@ class Metrics(Collector):
         _add_histogram(self.dns_query_duration, snapshot["dns_query_duration"])
         _add_histogram(self.connect_duration, snapshot["connect_duration"])
         self.reused += int(snapshot["reused"])
+        for result, count in snapshot["wakes"].items():
+            self.wakes[result] = self.wakes.get(result, 0) + int(count)
+        _add_histogram(self.wake_duration, snapshot["wake_duration"])
+        self.wake_updates += int(snapshot["wake_updates"])
+        self.wake_overflows += int(snapshot["wake_overflows"])
 
     def _merge_label(self, label: str) -> str:
         if label in (UNKNOWN, OTHER):

@@ -445,5 +445,73 @@ OPTIONS: tuple[Option, ...] = (
         "0",
         "Bucket size of --deployment-rate; 0 means one second's worth.",
     ),
+    Option(
+        "wake_cluster",
+        "--wake-cluster",
+        str,
+        "",
+        "ECS cluster of the deployments' services: turns waking sleeping deployments on their first request on "
+        "(with AWS credentials; see --check). Empty: off.",
+    ),
+    Option(
+        "wake_service_prefix",
+        "--wake-service-prefix",
+        str,
+        "whaleray-",
+        "A deployment's ECS service is named this prefix and its id (infra/modules/deployment's naming).",
+    ),
+    Option(
+        "wake_timeout_s",
+        "--wake-timeout",
+        SECONDS,
+        "300",
+        "Seconds a request waits for its sleeping deployment to wake; 504 wake_timeout after. Generous: on EC2, "
+        "ECS may first have to start an instance for the task.",
+    ),
+    Option(
+        "wake_queue",
+        "--wake-queue",
+        POSITIVE_INT,
+        "1000",
+        "Requests held for one waking deployment; beyond it 503 wake_queue_full with Retry-After.",
+    ),
+    Option(
+        "wake_max_held",
+        "--wake-max-held",
+        POSITIVE_INT,
+        "5000",
+        "Requests held for all waking deployments together; beyond it 503 wake_queue_full.",
+    ),
+    Option(
+        "wake_catalogue_refresh_s",
+        "--wake-catalogue-refresh",
+        SECONDS,
+        "60",
+        "Seconds between reads of the namespace's deployments (Cloud Map ListServices); only ids listed there "
+        "may wake, and the last good list is kept while the API fails.",
+    ),
+    Option(
+        "wake_poll_s",
+        "--wake-poll",
+        SECONDS,
+        "0.25",
+        "Seconds between asks of Cloud Map (DiscoverInstances) for a waking deployment's healthy instances.",
+    ),
+    Option(
+        "idle_report_s",
+        "--idle-report",
+        SECONDS_OR_ZERO,
+        "60",
+        "Seconds between reports of opted-in deployments' request counts to CloudWatch, the signal that puts "
+        "them back to sleep (infra/modules/deployment); 0: no reports.",
+    ),
+    Option("aws_region", "--aws-region", str, "", "AWS region of the APIs; empty: the SDK's (AWS_REGION, ...)."),
+    Option(
+        "aws_endpoint_url",
+        "--aws-endpoint-url",
+        str,
+        "",
+        "One endpoint for every AWS API the router calls, such as a local stand-in; empty: AWS's regional ones.",
+    ),
 )
 # fmt: on

@@ -74,6 +74,16 @@ class Settings:
     deployment_max_inflight: int
     deployment_rate: float
     deployment_burst: int
+    wake_cluster: str
+    wake_service_prefix: str
+    wake_timeout_s: float
+    wake_queue: int
+    wake_max_held: int
+    wake_catalogue_refresh_s: float
+    wake_poll_s: float
+    idle_report_s: float
+    aws_region: str
+    aws_endpoint_url: str
 
     def summary(self) -> dict[str, object]:
         """Every setting as plain JSON values, for the start-up log line (the router holds no secrets)."""

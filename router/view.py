@@ -20,8 +20,9 @@ MAX_LISTED = 1000  # bounds /discovery: a platform may cache far more names than
 def deployment_view(state: ServerState, deployment: str) -> dict[str, object]:
     """`deployment`'s state: fresh, stale, negative, forbidden (resolved outside the allow-list) or missing."""
     entry = state.discovery.cache.peek(deployment)
+    wake = wake_view(state, deployment, entry)
     if entry is None:
-        return {"deployment": deployment, "state": "missing", "expires_in": None, "addresses": []}
+        return {"deployment": deployment, "state": "missing", "expires_in": None, "addresses": []} | wake
     now = state.loop.time()
     active = Counter(state.lent_addresses())
     connector = state.connector
@@ -36,7 +37,21 @@ def deployment_view(state: ServerState, deployment: str) -> dict[str, object]:
         for host, port in entry.addresses + entry.backup
     ]
     expires_in = round(entry.expires_at - now, 3)
-    return {"deployment": deployment, "state": _state_of(entry, now), "expires_in": expires_in, "addresses": addresses}
+    found = {"deployment": deployment, "state": _state_of(entry, now), "expires_in": expires_in, "addresses": addresses}
+    return found | wake
+
+
+def wake_view(state: ServerState, deployment: str, entry: Entry | None) -> dict[str, object]:
+    """With waking on, for a deployment the catalogue lists: its wake (state asleep, waking or awake, the wake's
+    age, requests held, addresses found), or `asleep` when none started and DNS knows no address."""
+    waker = state.waker
+    if waker is None or not waker.catalogue.lists(deployment):
+        return {}
+    wake = waker.view(deployment)
+    if wake is None:
+        asleep = entry is None or entry.kind is not EntryKind.POSITIVE
+        wake = {"state": "asleep" if asleep else "awake", "age_s": None, "held": 0, "addresses": []}
+    return {"wake": wake}
 
 
 def discovery_view(state: ServerState, limit: int = MAX_LISTED) -> dict[str, object]:
@@ -54,7 +69,14 @@ def discovery_view(state: ServerState, limit: int = MAX_LISTED) -> dict[str, obj
             listed.append(summary | {"addresses": len(entry.addresses) + len(entry.backup)})
     stats = state.discovery.stats  # since start: queries sent, failed, answered stale, refused, queued out
     lookups = {name: getattr(stats, name) for name in ("queries", "failures", "stale_served", "forbidden", "busy")}
-    return {"count": len(cache), "listed": len(listed), "deployments": listed, "lookups": lookups}
+    found = {"count": len(cache), "listed": len(listed), "deployments": listed, "lookups": lookups}
+    waker = state.waker
+    if waker is not None:
+        catalogue = waker.catalogue
+        age = None if catalogue.loaded_at is None else round(now - catalogue.loaded_at, 3)
+        found["wake"] = {"catalogue": len(catalogue), "catalogue_age_s": age, "catalogue_failing": catalogue.failing,
+                         "held": waker.held}  # fmt: skip
+    return found
 
 
 def _state_of(entry: Entry, now: float) -> str:
@@ -75,13 +97,8 @@ def merge_deployment(views: list[dict[str, Any]], deployment: str) -> dict[str, 
     each address once with connections added up (ejected when any worker ejected it)."""
     present = [view for view in views if view["state"] != "missing"]
     if not present:
-        return {
-            "deployment": deployment,
-            "state": "missing",
-            "expires_in": None,
-            "addresses": [],
-            "workers": len(views),
-        }
+        missing: dict[str, object] = {"deployment": deployment, "state": "missing", "expires_in": None, "addresses": []}
+        return missing | {"workers": len(views)} | _merge_wakes(views)
     best = max(present, key=lambda view: (_RANK[view["state"]], view["expires_in"]))
     merged: dict[str, dict[str, Any]] = {}
     for view in present:
@@ -91,13 +108,26 @@ def merge_deployment(views: list[dict[str, Any]], deployment: str) -> dict[str, 
             into["idle_connections"] += address["idle_connections"]
             into["active_connections"] += address["active_connections"]
     addresses = list(merged.values())
-    return {
+    found = {
         "deployment": deployment,
         "state": best["state"],
         "expires_in": best["expires_in"],
         "addresses": addresses,
         "workers": len(views),
     }
+    return found | _merge_wakes(views)
+
+
+_WAKE_RANK = {"waking": 2, "awake": 1}
+
+
+def _merge_wakes(views: list[dict[str, Any]]) -> dict[str, object]:
+    """The workers' wakes of one deployment: the most advanced one's state, with every worker's held requests."""
+    wakes = [view["wake"] for view in views if "wake" in view]
+    if not wakes:
+        return {}
+    best = max(wakes, key=lambda wake: _WAKE_RANK.get(wake["state"], 0))
+    return {"wake": best | {"held": sum(wake["held"] for wake in wakes)}}
 
 
 def merge_lists(views: list[dict[str, Any]], limit: int = MAX_LISTED) -> dict[str, object]:

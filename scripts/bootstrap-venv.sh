@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv with the project: `bootstrap-venv.sh` installs what the router needs to run, `bootstrap-venv.sh
-# demo` adds the demo's one library (make demo), `bootstrap-venv.sh dev` the development tools (make test). On Debian, `python3 -m venv` needs the python3-venv
+# demo` adds the demo's libraries (make demo), `bootstrap-venv.sh dev` the development tools (make test). On Debian, `python3 -m venv` needs the python3-venv
 # package (ensurepip); install it when it is missing and we may (root, apt-get), else say what to do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,5 +26,9 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # The development install is pure Python, so that edits take effect at once; `make compiled` builds the
 # compiled data plane in place when wanted (`make test` does, and removes it again).
-EXTRAS="${1:+[$1]}"
+case "${1:-}" in
+  demo) EXTRAS="[demo,sleeping-demo]" ;;  # the loopback demo, its sleeping deployment's AWS stand-in included
+  "") EXTRAS="" ;;
+  *) EXTRAS="[$1]" ;;
+esac
 WHALERAY_PURE_PYTHON=1 .venv/bin/python -m pip install --quiet -e ".${EXTRAS}"

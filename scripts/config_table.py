@@ -6,4 +6,5 @@ print("| flag | variable | default | what it does |")
 print("|---|---|---|---|")
 for option in OPTIONS:
     default = option.default if isinstance(option.default, str) else "nameservers of /etc/resolv.conf"
-    print(f"| `{option.flag}` | `{option.env}` | `{default}` | {option.help.replace('|', '/')} |")
+    shown = f"`{default}`" if default else "(empty)"
+    print(f"| `{option.flag}` | `{option.env}` | {shown} | {option.help.replace('|', '/')} |")

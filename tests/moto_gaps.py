@@ -10,7 +10,10 @@
    them and answers 500, which the provider retries for minutes on every scalable target. They are kept in a
    dict by resource ARN, as AWS keeps them.
 
-Nothing else is changed: every other request reaches moto as it came.
+Nothing else is changed: every other request reaches moto as it came. Beside them, for the wake tests, the
+server counts the JSON-protocol calls (ECS, Cloud Map) the router made (its User-Agent names it) by action, and
+answers `GET /_whaleray/actions` with the counts: how a test knows exactly how many UpdateService calls the
+router made, apart from the calls of the platform stand-in.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ ECS_SERVICE_ACTIONS = {
     for name in ("DescribeServices", "CreateService", "UpdateService", "DeleteService")
 }
 SCALING_TAG_ACTION = "AnyScaleFrontendService."
+ACTIONS_PATH = "/_whaleray/actions"
+ROUTER_AGENT = "whaleray-router/"
 
 
 class MotoGaps:
@@ -41,10 +46,19 @@ class MotoGaps:
     def __init__(self, moto: WsgiApp) -> None:
         self.moto = moto
         self.scaling_tags: dict[str, dict[str, str]] = {}
+        self.actions: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if environ.get("PATH_INFO") == ACTIONS_PATH:
+            body = json.dumps(self.actions).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        if target and ROUTER_AGENT in environ.get("HTTP_USER_AGENT", ""):
+            action = target.rpartition(".")[2]
+            with self._lock:
+                self.actions[action] = self.actions.get(action, 0) + 1
         if target in ECS_SERVICE_ACTIONS:
             return self._without_empty_network_configuration(environ, start_response)
         action = target.removeprefix(SCALING_TAG_ACTION)

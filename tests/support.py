@@ -6,12 +6,14 @@ Test files import from here; conftest.py holds the fixtures built on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from router.app import Router
 from router.settings import Settings, load_settings
 from router.view import deployment_view
 from whaleray_demo.dns import DemoDnsServer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # The name the router asks about on start to learn that its resolver answers (for /ready).
 PROBE = "_whaleray-probe"
@@ -327,8 +331,10 @@ def router_command() -> list[str]:
 
 
 def environment_without_settings() -> dict[str, str]:
-    """This process's environment less every WHALERAY_* variable: a router under test takes only its flags."""
-    return {key: value for key, value in os.environ.items() if not key.startswith("WHALERAY_")}
+    """This process's environment less every WHALERAY_* and AWS_* variable: a router under test takes only its
+    flags, and no AWS credentials or configuration file from this machine (its SDK reads none outside the test)."""
+    kept = {key: value for key, value in os.environ.items() if not key.startswith(("WHALERAY_", "AWS_"))}
+    return kept | {"AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -336,3 +342,27 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     base = environment_without_settings()
     command = [*router_command(), *args]
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=30, env={**base, **(env or {})})
+
+
+@contextlib.contextmanager
+def moto_server(env: dict[str, str] | None = None) -> Iterator[str]:
+    """moto's server (tests/moto_gaps.py) on a free loopback port, for as long as the block runs: its URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.moto_gaps", "--port", str(port)],
+        cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "moto's server did not start"
+                assert server.poll() is None, "moto's server exited"
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

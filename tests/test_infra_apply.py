@@ -16,8 +16,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +25,8 @@ from typing import Any
 import boto3
 import moto as moto_package
 import pytest
+
+from tests.support import moto_server
 
 COMMAND_BOUND_S = 420  # one apply or destroy; far above what they take (see infra/README.md)
 # Bounded per command (COMMAND_BOUND_S) and per test: an apply, the read-back and a destroy.
@@ -88,26 +88,9 @@ class Moto:
 @pytest.fixture
 def moto() -> Iterator[Moto]:
     """A fresh server per stack: what one stack leaves cannot hide in another's listing."""
-    port = free_port()
     # AWS's managed policies (the ECS roles attach three) are loaded only when asked for.
-    env = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tests.moto_gaps", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "moto's server did not start"
-                time.sleep(0.2)
-        yield Moto(f"http://127.0.0.1:{port}")
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with moto_server({"MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}) as url:
+        yield Moto(url)
 
 
 class Stack:
@@ -244,14 +227,41 @@ def role_policies(iam: Any, role_name: str) -> tuple[list[str], list[str]]:
     return attached, iam.list_role_policies(RoleName=role_name)["PolicyNames"]
 
 
+def check_wake_policy(iam: Any, task_role: str) -> None:
+    """UpdateService only on the platform cluster's services that carry the opt-in tag; metrics only into the
+    router's namespace; registry lookups only in the platform's namespace."""
+    document = iam.get_role_policy(RoleName=task_role, PolicyName="wake-sleeping-deployments")["PolicyDocument"]
+    statements = {statement["Sid"]: statement for statement in document["Statement"]}
+    wake = statements["WakeOptedInServicesOfThisCluster"]
+    assert sorted(as_list(wake["Action"])) == ["ecs:DescribeServices", "ecs:UpdateService"]
+    assert as_list(wake["Resource"]) == [f"arn:aws:ecs:{REGION}:123456789012:service/whaleray-cluster/*"]
+    assert wake["Condition"] == {"Null": {"aws:ResourceTag/whaleray:wake": "false"}}
+    publish = statements["PublishTheIdleSignal"]
+    assert publish["Condition"] == {"StringEquals": {"cloudwatch:namespace": "WhaleRay/Router"}}
+    discover = statements["FindTheHealthyInstancesOfThisNamespace"]
+    assert discover["Condition"] == {"StringEquals": {"servicediscovery:NamespaceName": "whaleray.local"}}
+    actions = sorted(action for statement in statements.values() for action in as_list(statement["Action"]))
+    assert actions == [
+        "cloudwatch:PutMetricData", "ecs:DescribeServices", "ecs:UpdateService", "servicediscovery:DiscoverInstances",
+        "servicediscovery:ListNamespaces", "servicediscovery:ListServices", "servicediscovery:ListTagsForResource",
+    ]  # fmt: skip
+
+
+def as_list(value: str | list[str]) -> list[str]:
+    """IAM writes a lone action or resource as a string."""
+    return [value] if isinstance(value, str) else value
+
+
 def check_router_roles(moto: Moto, name: str, service: dict[str, Any]) -> None:
-    """Least privilege: the router's task role may do nothing (the router calls no AWS API; DNS is not one);
-    its execution role pulls the image and writes logs, through AWS's managed policy for exactly that."""
+    """Least privilege: the router's task role may only wake opted-in deployments (routing calls no AWS API; DNS
+    is not one); its execution role pulls the image and writes logs, through AWS's managed policy for exactly
+    that."""
     iam, ecs = moto.client("iam"), moto.client("ecs")
     definition = ecs.describe_task_definition(taskDefinition=service["taskDefinition"])["taskDefinition"]
     task_role = definition["taskRoleArn"].rsplit("/", 1)[1]
     execution_role = definition["executionRoleArn"].rsplit("/", 1)[1]
-    assert role_policies(iam, task_role) == ([], [])
+    assert role_policies(iam, task_role) == ([], ["wake-sleeping-deployments"])
+    check_wake_policy(iam, task_role)
     assert role_policies(iam, execution_role) == (
         ["arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"],
         [],
@@ -260,6 +270,33 @@ def check_router_roles(moto: Moto, name: str, service: dict[str, Any]) -> None:
     [statement] = trust["Statement"]
     assert statement["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
     assert statement["Condition"]["ArnLike"]["aws:SourceArn"].startswith(f"arn:aws:ecs:{REGION}:")
+
+
+def check_sleeping_deployment(moto: Moto) -> None:
+    """The example's `sleepy`: asleep, opted in where the router (Cloud Map) and IAM (ECS) look, and put back to
+    sleep by its idle alarm through Application Auto Scaling."""
+    discovery, ecs = moto.client("servicediscovery"), moto.client("ecs")
+    [summary] = [service for service in discovery.list_services()["Services"] if service["Name"] == "sleepy"]
+    tags = discovery.list_tags_for_resource(ResourceARN=summary["Arn"])["Tags"]
+    assert {"Key": "whaleray:wake", "Value": "1"} in tags
+    [service] = ecs.describe_services(cluster="whaleray-cluster", services=["whaleray-sleepy"], include=["TAGS"])[
+        "services"
+    ]
+    assert service["desiredCount"] == 0 and {"key": "whaleray:wake", "value": "1"} in service["tags"]
+    scaling = moto.client("application-autoscaling")
+    [target] = scaling.describe_scalable_targets(
+        ServiceNamespace="ecs", ResourceIds=["service/whaleray-cluster/whaleray-sleepy"]
+    )["ScalableTargets"]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (0, 2)  # max(wake_to, desired_count)
+    [policy] = scaling.describe_scaling_policies(ServiceNamespace="ecs", ResourceId=target["ResourceId"])[
+        "ScalingPolicies"
+    ]
+    [alarm] = moto.client("cloudwatch").describe_alarms(AlarmNames=["whaleray-sleepy-idle"])["MetricAlarms"]
+    assert alarm["AlarmActions"] == [policy["PolicyARN"]]
+    assert (alarm["EvaluationPeriods"], alarm["TreatMissingData"]) == (15, "breaching")
+    metrics = {query["Id"]: query for query in alarm["Metrics"]}
+    assert metrics["activity"]["Expression"] == "FILL(requests, 0) + FILL(inflight, 0)"
+    assert metrics["requests"]["MetricStat"]["Metric"]["Namespace"] == "WhaleRay/Router"
 
 
 def check_empty(moto: Moto, capacity_provider: str) -> None:
@@ -332,5 +369,6 @@ def test_demo_backend_example_applies_reads_back_and_destroys(tmp_path: Path, mo
     ecs = moto.client("ecs")
     [backend] = ecs.describe_services(cluster="whaleray-cluster", services=["whaleray-hello"])["services"]
     assert [registry["registryArn"] for registry in backend["serviceRegistries"]] == [config["Arn"]]
+    check_sleeping_deployment(moto)
     stack.destroy()
     check_empty(moto, capacity_provider)

@@ -36,6 +36,18 @@ def test_check_prints_one_summary_line_and_binds_nothing() -> None:
     assert "via 127.0.0.1:9 (A records)" in result.stdout
 
 
+def test_check_says_whether_sleeping_deployments_wake_and_why_not() -> None:
+    assert run_cli("--check").stdout.rstrip().endswith(", waking off (no --wake-cluster)")
+    without = run_cli("--check", "--wake-cluster", "platform")
+    assert without.returncode == 0, without.stderr
+    assert without.stdout.rstrip().endswith(
+        ", waking off: --wake-cluster is set but no AWS credentials were found (environment, profile or ECS task role)"
+    )
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    on = run_cli("--check", "--wake-cluster", "platform", env=credentials)
+    assert on.stdout.rstrip().endswith(", waking on (cluster platform)"), on.stdout
+
+
 def test_check_reports_every_problem_in_sentences_naming_flag_or_variable() -> None:
     env = {"WHALERAY_DNS_TIMEOUT": "soon", "WHALERAY_RESOLVERS": "10.0.0.2"}
     result = run_cli("--check", "--port", "http", "--workers", "many", env=env)

@@ -35,9 +35,11 @@ def test_the_response_never_goes_back_and_a_tunnel_only_ends() -> None:
     for started in (Phase.RELAYING, Phase.TUNNEL):
         assert TRANSITIONS[started] <= {Phase.DONE, Phase.ABANDONED}
     assert TRANSITIONS[Phase.TUNNEL] == {Phase.ABANDONED}
-    # Only a request no response byte has answered may go back to routing: the retry on a fresh connection.
+    # Only a request no response byte has answered may go back to routing: the retry on a fresh connection, and
+    # a request held while its deployment woke.
     assert {p for p, after in TRANSITIONS.items() if Phase.ROUTING in after} == {
         Phase.WAITING,
+        Phase.HELD,
         Phase.SENDING,
         Phase.AWAITING_HEAD,
     }

@@ -389,7 +389,7 @@ def _access_record() -> AccessRecord:
         time=0.0, request_id="rid", trace_id='Root=1-"x"\\\n', traceparent="00-ab-cd-01", client_ip="10.0.0.1",
         x_forwarded_for="203.0.113.9", user_agent='curl/8 "q"\x1b', method="GET", deployment="dep",
         path='/a"b\\c\x00\xff', status=200, bytes_in=1, bytes_sent=2, duration_ms=0.5, upstream_addr="10.0.0.2:3000",
-        upstream_reused=False, upstream_connect_ms=0.25, upstream_header_ms=0.125, dns="hit", error=None,
+        upstream_reused=False, upstream_connect_ms=0.25, upstream_header_ms=0.125, dns="hit", error=None, held_ms=None,
     )  # fmt: skip
 
 
@@ -410,7 +410,7 @@ def test_text_access_lines_read_like_nginx_combined_and_escape_what_clients_send
     assert "\x1b" not in line
     assert "\n" not in line
     assert line.endswith(
-        "rt=0.5 deployment=dep upstream=10.0.0.2:3000 uct=0.25 uht=0.125 dns=hit error=- request_id=rid"
+        "rt=0.5 deployment=dep upstream=10.0.0.2:3000 uct=0.25 uht=0.125 dns=hit error=- held=- request_id=rid"
     )
 
 

@@ -112,6 +112,8 @@ class Discovery:
         self.stats = DiscoveryStats()
         self.on_removed = on_removed
         self.on_query: Callable[[float], None] = lambda duration_s: None  # metrics hook
+        # Addresses another source (the waker's registry answer) vouches for: they outvote an NXDOMAIN.
+        self.vouch: Callable[[str], tuple[Address, ...]] = lambda deployment: ()
         self._lookup = lookup
         self._srv_lookup = srv_lookup if settings.discovery == "srv" else None
         self._clock = clock
@@ -230,6 +232,9 @@ class Discovery:
         except NameNotFound:
             self.answered_once = True
             self.on_query(time.perf_counter() - started)
+            vouched = self.vouch(deployment)
+            if vouched:  # a deployment just woken: the resolver may cache its NXDOMAIN for a while yet
+                return self.adopt(deployment, vouched)
             self._forget(deployment, ())
             return self.cache.store_negative(deployment, self._clock())
         except ResolverFailure as error:
@@ -254,6 +259,12 @@ class Discovery:
         entry = self.cache.store(deployment, addresses, ttl_s, now)
         entry.backup = backup
         return entry
+
+    def adopt(self, deployment: str, addresses: tuple[Address, ...]) -> Entry:
+        """Cache `addresses` (already checked against the allowed networks) for `deployment`, replacing whatever
+        DNS said, its NXDOMAIN included, for the shortest TTL: DNS takes over again as soon as it knows them."""
+        self._forget(deployment, addresses)
+        return self.cache.store(deployment, addresses, 0.0, self._clock())
 
     def _forget(self, deployment: str, kept: tuple[Address, ...]) -> None:
         """Tell the pool about addresses the new answer no longer has (new requests already avoid them)."""

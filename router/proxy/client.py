@@ -420,6 +420,10 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
         active = self._active
         return active.address if active is not None and active.upstream is not None else None
 
+    def active_deployment(self) -> str:
+        active = self._active
+        return active.deployment if active is not None else ""
+
     def close_if_idle(self) -> None:
         if self._active is None and not self._queue and self._parsing is None:
             self.close()

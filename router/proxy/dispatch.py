@@ -3,12 +3,14 @@ look the deployment up, admit it past the per-deployment limits, and have the ex
 connection. It decides and calls the exchange's methods; it writes none of the exchange's fields.
 
 The common case (DNS answer cached, idle pooled connection) stays synchronous, inside the client's parser
-callback; a cache miss continues in the exchange's task.
+callback; a cache miss continues in the exchange's task, and so does a request held while its sleeping
+deployment wakes (an NXDOMAIN for a deployment the waker's catalogue lists).
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 from router.discovery.cache import Entry, EntryKind
 from router.errors import RouterError
@@ -58,10 +60,29 @@ async def _resolve_then_acquire(exchange: Exchange) -> None:
     _proceed(exchange, entry, state.clock())
 
 
+async def _wake_then_acquire(exchange: Exchange) -> None:
+    """Hold the request while its deployment wakes, then route it like any other."""
+    state = exchange.state
+    waker = state.waker
+    assert waker is not None
+    exchange.hold_for_wake()
+    held_at = time.perf_counter()
+    try:
+        entry = await waker.hold(exchange.deployment)  # RouterError (queue full, timeout...): the task answers it
+    finally:
+        exchange.note_held(time.perf_counter() - held_at)
+    exchange.woke()
+    _proceed(exchange, entry, state.clock())
+
+
 def _proceed(exchange: Exchange, entry: Entry, now: float) -> None:
     """An answer is at hand: refuse what it refuses, admit, pick an address, acquire a connection."""
     if entry.kind is EntryKind.NEGATIVE:
-        exchange.respond_error("deployment_not_found")
+        waker = exchange.state.waker
+        if waker is not None and waker.may_wake(exchange.deployment):  # asleep, perhaps: the waker finds out
+            exchange.run(_wake_then_acquire(exchange))
+        else:
+            exchange.respond_error("deployment_not_found")
         return
     if entry.kind is EntryKind.FORBIDDEN:
         exchange.respond_error("upstream_forbidden")

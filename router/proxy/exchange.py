@@ -28,7 +28,7 @@ from typing import Any, Final
 import httptools
 
 from router.discovery.cache import Address, Entry
-from router.errors import ERRORS, RouterError, error_body, reason_phrase
+from router.errors import ERRORS, RouterError, error_body
 from router.proxy.client_side import PAUSE_NO_UPSTREAM, PAUSE_UPSTREAM_FULL, ClientSide
 from router.proxy.headers import (
     Framing,
@@ -37,6 +37,7 @@ from router.proxy.headers import (
     ResponseHeaders,
     analyse_request,
     analyse_response,
+    local_head,
     response_framing,
     response_head,
     upstream_head,
@@ -46,6 +47,7 @@ from router.proxy.phase import (
     AWAITING_HEAD,
     CHECK_PHASES,
     DONE,
+    HELD,
     RECEIVING_HEAD,
     REFUSED,
     RELAYING,
@@ -73,7 +75,7 @@ class Exchange:
     __slots__ = (
         "conn", "state", "phase", "target", "headers", "method", "http_minor", "keep_alive", "info", "error",
         "request_id", "deployment", "upstream_target", "body", "framing", "upstream", "address", "reused",
-        "retried", "close_after", "task", "record", "_backend_deadline", "_backend_stalled_at",
+        "retried", "close_after", "task", "record", "held_s", "_backend_deadline", "_backend_stalled_at",
     )  # fmt: skip
 
     def __init__(self, conn: ClientSide, state: ServerState) -> None:
@@ -99,6 +101,9 @@ class Exchange:
         self.close_after = False  # the client connection closes after this exchange
         self.task: asyncio.Task[None] | None = None
         self.record = RequestRecord()
+        # How long it was held while its deployment woke (X-WhaleRay-Cold-Start, the access log); 0: not held.
+        # Kept here, not in the record: the exchange's object has room for it, the record's would grow a size class.
+        self.held_s = 0.0
         self._backend_deadline = 0.0  # the backend's response head or next bytes are due by then; 0: none
         self._backend_stalled_at = 0.0  # when the backend stopped taking the request body; 0: it takes it
 
@@ -201,6 +206,23 @@ class Exchange:
     def hold_slot(self) -> None:
         """The deployment's limits admitted this request into one of its in-flight slots (given back at the end)."""
         self.record.admitted = True
+
+    def hold_for_wake(self) -> None:
+        """Its deployment is asleep: wait while it wakes (router/wake), reading no more of the body, so a held
+        request costs no memory per byte (the client's body timeout does not run while reading is paused)."""
+        self._enter(HELD)
+        if not self.body.complete:
+            self.conn.pause(PAUSE_NO_UPSTREAM)
+
+    def woke(self) -> None:
+        """Its deployment woke: route it again, through the limits and the pool like any request. It counts
+        under its deployment's own label from here on, as a resolved request does."""
+        self._enter(ROUTING)
+        self.record.resolved = True
+
+    def note_held(self, seconds: float) -> None:
+        """How long it was held, woken or not: its cold start, for the client and the access log."""
+        self.held_s = seconds
 
     def acquire(self, entry: Entry, address: Address | None, *, fresh_only: bool = False) -> None:
         """The one way this request gets a backend connection: an idle pooled one at once, inside the parser
@@ -356,7 +378,10 @@ class Exchange:
             self.close_after = True
         self._enter(RELAYING)
         record.status = status
-        head = response_head(status, reason, info, self.request_id, framing.lines)
+        lines = framing.lines
+        if self.held_s:  # the client may want to know why this one took longer
+            lines += b"X-WhaleRay-Cold-Start: %.3f\r\n" % self.held_s
+        head = response_head(status, reason, info, self.request_id, lines)
         record.bytes_out += len(head)
         self.conn.write(head)
         self._expect_backend(state.settings.upstream_read_timeout_s)
@@ -511,6 +536,8 @@ class Exchange:
         body = error_body(kind, request_id, self.deployment if kind.names_deployment else None)
         if kind.log_each:
             log.info("request failed", extra={"code": code, "deployment": self.deployment, "request_id": request_id})
+        if kind.retry_after_s and not extra:
+            extra = b"Retry-After: %d\r\n" % kind.retry_after_s
         self.respond_local(kind.status, body, extra)
 
     def respond_health(self) -> None:
@@ -529,23 +556,7 @@ class Exchange:
         state = self.state
         close = self.close_after or not self.keep_alive or state.draining or not self.body.complete
         self.close_after = close
-        if close:
-            connection = b"Connection: close\r\n"
-        elif self.http_minor:
-            connection = b""  # HTTP/1.1 keeps the connection by default
-        else:
-            connection = b"Connection: keep-alive\r\n"
-        content_type = b"Content-Type: application/json\r\n" if body else b""
-        head = b"HTTP/1.1 %d %s\r\nDate: %s\r\n%sContent-Length: %d\r\nX-Request-Id: %s\r\n%s%s\r\n" % (
-            status,
-            reason_phrase(status),
-            state.http_date(),
-            content_type,
-            len(body),
-            self.request_id or b"-",
-            extra,
-            connection,
-        )
+        head = local_head(status, state.http_date(), body, self.request_id, extra, close=close, minor=self.http_minor)
         record = self.record
         record.status = status
         record.bytes_out = len(head) + len(body)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from router.errors import reason_phrase
+
 # Names the router removes from every forwarded message; lower-case.
 HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"content-length"}
@@ -248,6 +250,23 @@ def response_head(status: int, reason: bytes, info: ResponseHeaders, request_id:
     """`framing` is the router's own `Content-Length`/`Transfer-Encoding`/`Connection` lines, already CRLF-ended."""
     forwarded = b"".join(info.forwarded)
     return b"HTTP/1.1 %d %s\r\n%bX-Request-Id: %s\r\n%s\r\n" % (status, reason, forwarded, request_id, framing)
+
+
+def local_head(
+    status: int, date: bytes, body: bytes, request_id: bytes, extra: bytes, *, close: bool, minor: int
+) -> bytes:
+    """The head of a response the router makes itself (an error, /health, a redirect): JSON when it has a body;
+    `extra` is more header lines, CRLF-ended; `close`: the client connection closes after it."""
+    if close:
+        connection = b"Connection: close\r\n"
+    elif minor:
+        connection = b""  # HTTP/1.1 keeps the connection by default
+    else:
+        connection = b"Connection: keep-alive\r\n"
+    content_type = b"Content-Type: application/json\r\n" if body else b""
+    return b"HTTP/1.1 %d %s\r\nDate: %s\r\n%sContent-Length: %d\r\nX-Request-Id: %s\r\n%s%s\r\n" % (
+        status, reason_phrase(status), date, content_type, len(body), request_id or b"-", extra, connection,
+    )  # fmt: skip
 
 
 class Framing:

@@ -13,6 +13,7 @@ started" is RELAYING or TUNNEL, "finished" is DONE or ABANDONED.
                                        DONE <-'--' (a local answer)           DONE        v
                                                                                        ABANDONED
     any phase before DONE --client gone--> ABANDONED
+    ROUTING --deployment asleep--> HELD --woken--> ROUTING; HELD --queue full, wake timeout--> DONE
 
 An exchange is *started* (it holds an in-flight slot of the worker) from ROUTING or REFUSED until DONE or
 ABANDONED. The checks of `check_transition` run in the pure-Python build and wherever WHALERAY_CHECK_PHASES=1
@@ -32,12 +33,13 @@ class Phase(enum.IntEnum):
     WAITING = 1  # the head is whole; the exchange waits for its turn (pipelining) or to be started
     REFUSED = 2  # started with a refused head: its error is being answered
     ROUTING = 3  # started: route, DNS, limits, a backend connection being acquired
-    SENDING = 4  # the request head went out; its body is still coming from the client
-    AWAITING_HEAD = 5  # the whole request went out; no response byte has reached the client yet
-    RELAYING = 6  # the response head was written to the client; its body is being relayed
-    TUNNEL = 7  # the backend switched protocols (101): bytes go both ways unparsed
-    DONE = 8  # the last response byte was written
-    ABANDONED = 9  # the client went away, or the connection was cut, before DONE
+    HELD = 4  # its deployment is asleep: held, its body unread, while the deployment wakes (router/wake)
+    SENDING = 5  # the request head went out; its body is still coming from the client
+    AWAITING_HEAD = 6  # the whole request went out; no response byte has reached the client yet
+    RELAYING = 7  # the response head was written to the client; its body is being relayed
+    TUNNEL = 8  # the backend switched protocols (101): bytes go both ways unparsed
+    DONE = 9  # the last response byte was written
+    ABANDONED = 10  # the client went away, or the connection was cut, before DONE
 
 
 # The hot path compares plain integers: mypyc inlines Final constants, where an enum member is a lookup.
@@ -45,18 +47,20 @@ RECEIVING_HEAD: Final = 0
 WAITING: Final = 1
 REFUSED: Final = 2
 ROUTING: Final = 3
-SENDING: Final = 4
-AWAITING_HEAD: Final = 5
-RELAYING: Final = 6
-TUNNEL: Final = 7
-DONE: Final = 8
-ABANDONED: Final = 9
+HELD: Final = 4
+SENDING: Final = 5
+AWAITING_HEAD: Final = 6
+RELAYING: Final = 7
+TUNNEL: Final = 8
+DONE: Final = 9
+ABANDONED: Final = 10
 
 TRANSITIONS: Final[dict[Phase, frozenset[Phase]]] = {
     Phase.RECEIVING_HEAD: frozenset({Phase.WAITING, Phase.ABANDONED}),
     Phase.WAITING: frozenset({Phase.ROUTING, Phase.REFUSED, Phase.ABANDONED}),
     Phase.REFUSED: frozenset({Phase.DONE, Phase.ABANDONED}),
-    Phase.ROUTING: frozenset({Phase.SENDING, Phase.AWAITING_HEAD, Phase.DONE, Phase.ABANDONED}),
+    Phase.ROUTING: frozenset({Phase.HELD, Phase.SENDING, Phase.AWAITING_HEAD, Phase.DONE, Phase.ABANDONED}),
+    Phase.HELD: frozenset({Phase.ROUTING, Phase.DONE, Phase.ABANDONED}),
     Phase.SENDING: frozenset({Phase.AWAITING_HEAD, Phase.RELAYING, Phase.ROUTING, Phase.DONE, Phase.ABANDONED}),
     Phase.AWAITING_HEAD: frozenset({Phase.RELAYING, Phase.TUNNEL, Phase.ROUTING, Phase.DONE, Phase.ABANDONED}),
     Phase.RELAYING: frozenset({Phase.DONE, Phase.ABANDONED}),

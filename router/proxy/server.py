@@ -16,7 +16,10 @@ import email.utils
 import os
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from router.wake.waker import Waker
 
 from mypy_extensions import trait
 
@@ -43,6 +46,10 @@ class Connection:
         """The address of the backend connection lent to this connection's request, if any."""
 
     def abort(self) -> None: ...
+
+    def active_deployment(self) -> str:
+        """The deployment of the request being answered on this connection, "" when none (the idle report)."""
+        return ""
 
 
 class ServerState:
@@ -72,6 +79,10 @@ class ServerState:
         self.draining = False
         self.listen_port = str(settings.port).encode()
         self.inflight = 0
+        # With waking on (router/wake): the sleeping deployments' waker, and requests ended per deployment since
+        # the last idle report.
+        self.waker: Waker | None = None
+        self.usage: dict[str, int] | None = None
         self._request_id_prefix = os.urandom(6).hex().encode()
         self._request_counter = 0
         # The prefix and all but the counter's last two hex digits.
@@ -110,6 +121,15 @@ class ServerState:
     def lent_addresses(self) -> list[Address]:
         """The address of every backend connection lent to a request right now (introspection)."""
         return [address for connection in self.connections if (address := connection.lent_address()) is not None]
+
+    def inflight_by_deployment(self) -> dict[str, int]:
+        """Requests being answered, by deployment (the idle report; not on a request's path)."""
+        counts: dict[str, int] = {}
+        for connection in self.connections:
+            deployment = connection.active_deployment()
+            if deployment:
+                counts[deployment] = counts.get(deployment, 0) + 1
+        return counts
 
     def close_idle_clients(self) -> None:
         for connection in list(self.connections):

@@ -16,6 +16,9 @@ def record(exchange: Exchange) -> None:
     duration = time.perf_counter() - record.started_at
     if record.counted:
         state.metrics.request(state.metrics.label(exchange.deployment, record.resolved), record.status, duration)
+        usage = state.usage
+        if usage is not None and record.resolved:  # the idle signal of sleeping deployments (router/wake/idle.py)
+            usage[exchange.deployment] = usage.get(exchange.deployment, 0) + 1
     if state.access_log is not None:
         state.access_log.write(access_record(exchange, duration))
 
@@ -53,4 +56,5 @@ def access_record(exchange: Exchange, duration_s: float) -> AccessRecord:
         upstream_header_ms=round(record.header_s * 1000, 3) if record.header_s else None,
         dns=record.dns or None,
         error=record.error_code or None,
+        held_ms=round(exchange.held_s * 1000, 3) if exchange.held_s else None,
     )
