@@ -91,7 +91,8 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         self._send = self.transport.write  # bound once: see UpstreamConnection._send
         self.gate.transport = self.transport
-        self.peer_ip = str(peer[0]).encode() if (peer := self.transport.get_extra_info("peername")) else b"unknown"
+        peer = self.transport.get_extra_info("peername")
+        self.peer_ip = str(peer[0]).encode() if peer else b"unknown"
         self.state.connections.add(self)
         self._set_deadline("header", self.state.settings.client_header_timeout_s)
 
@@ -182,7 +183,7 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
         the router or a backend, an unread answer must not grow in memory)."""
         self.write_paused = True
         self._write_paused_at = self.state.clock()
-        target = self._tunnel or (self._active.upstream if self._active is not None else None)
+        target = self._relayed_from()
         if target is not None:
             target.pause_reading()
         self.pause(PAUSE_CLIENT_FULL)
@@ -191,7 +192,7 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
         self.write_paused = False
         self._write_paused_at = 0.0
         active = self._active
-        target = self._tunnel or (active.upstream if active is not None else None)
+        target = self._relayed_from()
         if target is not None:
             target.resume_reading()
         if active is not None:
@@ -199,6 +200,13 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
         self.resume(PAUSE_CLIENT_FULL)
         if self._queue and active is None:
             self.state.loop.call_soon(self._start_next)
+
+    def _relayed_from(self) -> UpstreamConnection | None:
+        """The backend connection whose bytes this connection is writing: the tunnel's, or the active
+        exchange's."""
+        if self._tunnel is not None:
+            return self._tunnel
+        return self._active.upstream if self._active is not None else None
 
     # --- httptools callbacks -------------------------------------------------------------------------------
 
@@ -293,8 +301,9 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
         telemetry.record(exchange)
         if self.gate.reasons:
             self.resume(PAUSE_UPSTREAM_FULL | PAUSE_NO_UPSTREAM)
-        parser_done = self._parser is None and not self._queue  # nothing more can be read on this connection
-        if exchange.close_after or self._closing or parser_done or (state.draining and not self._queue):
+        nothing_more_to_read = self._parser is None and not self._queue
+        draining_and_idle = state.draining and not self._queue
+        if exchange.close_after or self._closing or nothing_more_to_read or draining_and_idle:
             if exchange.body.complete:
                 self.close()
             else:
