@@ -69,6 +69,7 @@ def discovery_view(state: ServerState, limit: int = MAX_LISTED) -> dict[str, obj
             listed.append(summary | {"addresses": len(entry.addresses) + len(entry.backup)})
     stats = state.discovery.stats  # since start: queries sent, failed, answered stale, refused, queued out
     lookups = {name: getattr(stats, name) for name in ("queries", "failures", "stale_served", "forbidden", "busy")}
+    lookups["queued"] = state.discovery.queued  # waiting for the query budget right now
     found = {"count": len(cache), "listed": len(listed), "deployments": listed, "lookups": lookups}
     waker = state.waker
     if waker is not None:

@@ -16,10 +16,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
 
 from router.app import Router
 from router.settings import Settings, load_settings
@@ -60,36 +62,62 @@ BackendFactory = Callable[..., Awaitable[Backend]]
 RouterFactory = Callable[..., Awaitable[Router]]
 
 
-def router_settings(
-    dns: DemoDnsServer, upstream_port: int, *extra: str, resolvers: list[str] | None = None
-) -> Settings:
+def router_flags(
+    dns: DemoDnsServer,
+    upstream_port: int,
+    *extra: str,
+    resolvers: list[str] | None = None,
+    port: int = 0,
+    admin_port: int = 0,
+) -> list[str]:
+    """The one command line of a router under test, in this process or as one: the test's DNS server (never
+    this machine's), loopback backends on `upstream_port`, short DNS timeouts, no drain delay; `extra` last,
+    so a test's own flags win."""
     resolver_flags: list[str] = []
     for resolver in resolvers or [f"127.0.0.1:{dns.port}"]:
         resolver_flags += ["--resolver", resolver]
     # Loopback is allowed for tests unless a test sets its own (narrower) list.
     allow = [] if "--upstream-allow-cidr" in extra else ["--upstream-allow-cidr", "127.0.0.0/8"]
-    return load_settings(
-        [
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--admin-port",
-            "0",
-            *resolver_flags,
-            *allow,
-            "--upstream-port",
-            str(upstream_port),
-            "--dns-timeout",
-            "0.3",
-            "--dns-tries",
-            "1",
-            "--drain-delay",
-            "0",
-            *extra,
-        ],
-        environ={},
-    )
+    listen = ["--host", "127.0.0.1", "--port", str(port), "--admin-host", "127.0.0.1", "--admin-port", str(admin_port)]
+    timeouts = ["--dns-timeout", "0.3", "--dns-tries", "1", "--drain-delay", "0"]
+    return [*listen, *resolver_flags, *allow, "--upstream-port", str(upstream_port), *timeouts, *extra]
+
+
+def router_settings(
+    dns: DemoDnsServer, upstream_port: int, *extra: str, resolvers: list[str] | None = None
+) -> Settings:
+    return load_settings(router_flags(dns, upstream_port, *extra, resolvers=resolvers), environ={})
+
+
+class Reply(NamedTuple):
+    """An HTTP answer as the tests read it: headers stay case-insensitive, as HTTP says they are."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def fetch(
+    where: Router | str,
+    path: str = "",
+    method: str = "GET",
+    *,
+    session: aiohttp.ClientSession | None = None,
+    **kwargs: Any,
+) -> Reply:
+    """The one way the tests send a request through aiohttp's client: to a router in this process (`where` a
+    Router) or any URL (`where` its start). The path goes as written (no normalising), redirects are not
+    followed. A `session` keeps its connections between calls."""
+    base = f"http://127.0.0.1:{where.port}" if isinstance(where, Router) else where
+    url = URL(base + path, encoded=True)
+    if session is None:
+        async with aiohttp.ClientSession() as own:
+            return await fetch(where, path, method, session=own, **kwargs)
+    async with session.request(method, url, allow_redirects=False, **kwargs) as response:
+        return Reply(response.status, CIMultiDict(response.headers), await response.read())
 
 
 async def raw_request(port: int, data: bytes, *, wait_s: float = 5.0, host: str = "127.0.0.1") -> bytes:
@@ -273,19 +301,19 @@ async def workers_serving(router: RouterProcess, count: int) -> bool:
     return len(children_of(router.process.pid)) == count and await admin_ready(router.admin_port)
 
 
+def port_accepts(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on `port` (a loopback connect: answered at once either way)."""
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 async def wait_for_port(port: int, deadline_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if loop.time() > end:
-                raise
-            await asyncio.sleep(0.05)
-        else:
-            writer.close()
-            return
+    """Until something listens on `port` (the one way the tests wait for a port; moto_server's loop, which runs
+    before any event loop, asks `port_accepts` the same way)."""
+    await wait_for(lambda: port_accepts(port), deadline_s)
 
 
 def slow_app(delay_s: float, text: str = "done", arrivals: list[str] | None = None) -> web.Application:
@@ -354,14 +382,10 @@ def moto_server(env: dict[str, str] | None = None) -> Iterator[str]:
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "moto's server did not start"
-                assert server.poll() is None, "moto's server exited"
-                time.sleep(0.1)
+        while not port_accepts(port):
+            assert time.monotonic() < deadline, "moto's server did not start"
+            assert server.poll() is None, "moto's server exited"
+            time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()

@@ -73,8 +73,9 @@ async def _never_asked(name: str) -> Answer:
 class Wire:
     """One client connection and one pooled backend connection, in memory, around a real ServerState."""
 
-    def __init__(self) -> None:
-        settings = settings_from(build_parser().parse_args(["--access-log", "off", "--resolver", "127.0.0.1"]), {})
+    def __init__(self, *flags: str) -> None:
+        arguments = ["--access-log", "off", "--resolver", "127.0.0.1", *flags]
+        settings = settings_from(build_parser().parse_args(arguments), {})
         loop = asyncio.get_running_loop()
         discovery = Discovery(settings, _never_asked, clock=loop.time)
         discovery.cache.store("hello", (ADDRESS,), 3600.0, loop.time())
@@ -199,3 +200,60 @@ async def test_a_pipelined_http_1_0_request_after_an_http_1_1_one_is_answered_as
     assert b"Connection: close" not in first
     assert b"Connection: close\r\n" in second  # HTTP/1.0 without keep-alive: the connection ends
     assert wire.client.closed
+
+
+async def test_a_relayed_body_with_the_next_request_in_its_last_read_is_split_anywhere() -> None:
+    """A Content-Length body goes past the parser once its head is read; wherever the reads split it, the next
+    pipelined request, arriving in the same read as the body's end, is parsed as one."""
+    second = POST.replace(b"/items", b"/next").replace(b"hello world", b"other bytes")
+    pair = POST + second
+    for first_piece, second_piece in splits(pair):
+        wire = Wire()
+        wire.from_client(first_piece, second_piece)
+        wire.from_backend(RESPONSE)
+        await asyncio.sleep(0)  # the next pipelined request starts on the loop's next turn
+        wire.from_backend(RESPONSE)
+        sent = bytes(wire.backend.written)
+        assert sent.count(b"POST /") == 2, (first_piece, second_piece)
+        assert sent.index(b"\r\n\r\nhello world") < sent.index(b"POST /next")
+        assert sent.endswith(b"\r\n\r\nother bytes")
+        assert bytes(wire.client.written).count(b"HTTP/1.1 200 OK\r\n") == 2
+        assert wire.state.inflight == 0
+
+
+async def test_a_head_that_grows_over_many_reads_is_bounded() -> None:
+    """One header value arriving a kilobyte a read, never finished, is refused at --max-header-size."""
+    wire = Wire("--max-header-size", "4k")
+    wire.from_client(b"GET /services/hello/ HTTP/1.1\r\nHost: h\r\nX-Big: ")
+    for _ in range(10):
+        wire.from_client(b"b" * 1000)
+    await asyncio.sleep(0)
+    assert bytes(wire.client.written).startswith(b"HTTP/1.1 431 ")
+    assert wire.backend.written == bytearray()  # nothing of it reached a backend
+
+
+async def test_bytes_past_a_body_split_off_from_its_head_make_the_connection_unusable() -> None:
+    """The head in one read, then the body and bytes no request asked for in the next: the client gets exactly
+    the body, and the backend connection is not pooled again."""
+    wire = Wire()
+    wire.from_client(GET)
+    wire.from_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", b"0123456789HTTP/1.1 200 OK\r\n\r\n")
+    head, body = as_read(bytes(wire.client.written))
+    assert head.startswith(b"HTTP/1.1 200 OK") and body == b"0123456789"
+    assert wire.state.connector.pool.idle_count(ADDRESS) == 0
+
+
+async def test_a_body_ended_by_the_backends_close_is_whole_wherever_its_reads_split() -> None:
+    """HTTP/1.0 without a length: the backend's close ends the body. Split anywhere, the client gets all of it,
+    chunked for HTTP/1.1, and the connection is not pooled again."""
+    response = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of the body"
+    for first, second in splits(response):
+        wire = Wire()
+        wire.from_client(GET)
+        wire.from_backend(first, second)
+        wire.upstream.connection_lost(None)
+        head, body = as_read(bytes(wire.client.written))
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"Transfer-Encoding: chunked" in head, (first, second)
+        assert body == b"all of the body", (first, second)
+        assert wire.state.connector.pool.idle_count(ADDRESS) == 0
+        assert wire.state.inflight == 0

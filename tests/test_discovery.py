@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import aiohttp
 import pytest
@@ -11,13 +10,8 @@ import pytest
 from router.app import Router
 from router.discovery.resolver import DnsResolver, NameNotFound
 from router.options import Resolver
-from tests.support import BackendFactory, RouterFactory, free_port, view_of
+from tests.support import BackendFactory, RouterFactory, fetch, free_port, view_of
 from whaleray_demo.dns import DemoDnsServer
-
-
-async def get(router: Router, path: str) -> tuple[int, dict[str, object]]:
-    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{router.port}{path}") as response:
-        return response.status, json.loads(await response.read())
 
 
 async def test_answer_is_cached_for_its_ttl(
@@ -27,10 +21,10 @@ async def test_answer_is_cached_for_its_ttl(
     dns.set_a("hello", ["127.0.0.2"], ttl=1)
     await backend("127.0.0.2")
     for _ in range(5):
-        assert (await get(router, "/services/hello/"))[0] == 200
+        assert (await fetch(router, "/services/hello/")).status == 200
     assert dns.query_count("hello") == 1
     await asyncio.sleep(1.2)
-    assert (await get(router, "/services/hello/"))[0] == 200
+    assert (await fetch(router, "/services/hello/")).status == 200
     assert dns.query_count("hello") == 2
 
 
@@ -40,9 +34,9 @@ async def test_long_ttl_is_clamped_to_the_maximum(
     router = await make_router("--dns-min-ttl", "0.1", "--dns-max-ttl", "0.4")
     dns.set_a("hello", ["127.0.0.2"], ttl=3600)
     await backend("127.0.0.2")
-    assert (await get(router, "/services/hello/"))[0] == 200
+    assert (await fetch(router, "/services/hello/")).status == 200
     await asyncio.sleep(0.6)
-    assert (await get(router, "/services/hello/"))[0] == 200
+    assert (await fetch(router, "/services/hello/")).status == 200
     assert dns.query_count("hello") == 2
 
 
@@ -63,8 +57,8 @@ async def test_concurrent_misses_share_one_query(router: Router, dns: DemoDnsSer
 
 async def test_unknown_deployment_is_remembered(router: Router, dns: DemoDnsServer) -> None:
     for _ in range(5):
-        status, body = await get(router, "/services/ghost/")
-        assert (status, body["code"]) == (502, "deployment_not_found")
+        reply = await fetch(router, "/services/ghost/")
+        assert (reply.status, reply.json()["code"]) == (502, "deployment_not_found")
     assert dns.query_count("ghost") == 1
 
 
@@ -75,17 +69,17 @@ async def test_stale_answer_serves_while_the_resolver_is_silent_and_fresh_answer
     dns.set_a("hello", ["127.0.0.2"], ttl=1)
     await backend("127.0.0.2", name="before")
     await backend("127.0.0.3", name="after")
-    assert (await get(router, "/services/hello/"))[1]["backend"] == "before"
+    assert (await fetch(router, "/services/hello/")).json()["backend"] == "before"
     dns.silent = True
     await asyncio.sleep(1.5)  # longer than the TTL
-    assert (await get(router, "/services/hello/"))[1]["backend"] == "before"  # served stale
-    status, body = await get(router, "/services/never-seen/")
-    assert (status, body["code"]) == (503, "resolver_unavailable")
+    assert (await fetch(router, "/services/hello/")).json()["backend"] == "before"  # served stale
+    reply = await fetch(router, "/services/never-seen/")
+    assert (reply.status, reply.json()["code"]) == (503, "resolver_unavailable")
     assert view_of(router, "hello")["state"] == "stale"
     dns.set_a("hello", ["127.0.0.3"], ttl=1)  # the deployment moved while DNS was down
     dns.silent = False
     await asyncio.sleep(0.5)  # the stale answer is retried every --dns-min-ttl
-    assert (await get(router, "/services/hello/"))[1]["backend"] == "after"
+    assert (await fetch(router, "/services/hello/")).json()["backend"] == "after"
     assert view_of(router, "hello")["state"] == "fresh"
 
 
@@ -96,7 +90,7 @@ async def test_second_resolver_answers_when_the_first_is_dead(
     router = await make_router(resolvers=[f"127.0.0.1:{dead}", f"127.0.0.1:{dns.port}"])
     dns.set_a("hello", ["127.0.0.2"])
     await backend("127.0.0.2")
-    assert (await get(router, "/services/hello/"))[0] == 200
+    assert (await fetch(router, "/services/hello/")).status == 200
 
 
 async def test_servfail_from_the_first_resolver_moves_to_the_second(
@@ -109,7 +103,7 @@ async def test_servfail_from_the_first_resolver_moves_to_the_second(
         router = await make_router(resolvers=[f"127.0.0.1:{failing.port}", f"127.0.0.1:{dns.port}"])
         dns.set_a("hello", ["127.0.0.2"])
         await backend("127.0.0.2")
-        assert (await get(router, "/services/hello/"))[0] == 200
+        assert (await fetch(router, "/services/hello/")).status == 200
         assert failing.query_count("hello") == 1
     finally:
         failing.close()
@@ -122,10 +116,10 @@ async def test_new_address_takes_over_after_the_ttl(
     dns.set_a("hello", ["127.0.0.2"], ttl=1)
     await backend("127.0.0.2", name="old")
     await backend("127.0.0.3", name="new")
-    assert (await get(router, "/services/hello/"))[1]["backend"] == "old"
+    assert (await fetch(router, "/services/hello/")).json()["backend"] == "old"
     dns.set_a("hello", ["127.0.0.3"], ttl=1)
     await asyncio.sleep(1.2)
-    assert (await get(router, "/services/hello/"))[1]["backend"] == "new"
+    assert (await fetch(router, "/services/hello/")).json()["backend"] == "new"
 
 
 async def test_new_deployment_is_found_once_the_negative_ttl_passes(
@@ -134,10 +128,10 @@ async def test_new_deployment_is_found_once_the_negative_ttl_passes(
     # Regression: c-ares caches NXDOMAIN in its channel for the SOA's TTL, whatever --dns-negative-ttl says.
     router = await make_router("--dns-negative-ttl", "0.2")
     await backend("127.0.0.2")
-    assert (await get(router, "/services/fresh/"))[0] == 502
+    assert (await fetch(router, "/services/fresh/")).status == 502
     dns.set_a("fresh", ["127.0.0.2"], ttl=3600)
     await asyncio.sleep(0.4)
-    assert (await get(router, "/services/fresh/"))[0] == 200
+    assert (await fetch(router, "/services/fresh/")).status == 200
     assert dns.query_count("fresh") == 2
 
 

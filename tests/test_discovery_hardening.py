@@ -4,7 +4,6 @@ records with ports, the cache bound. A real DNS server on loopback counts every 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from collections import Counter
 
@@ -12,22 +11,17 @@ import aiohttp
 
 from router.app import Router
 from router.proxy.server import ServerState
-from router.view import deployment_view
-from tests.support import PROBE, Backend, BackendFactory, RouterFactory, free_port
+from router.view import deployment_view, discovery_view
+from tests.support import PROBE, Backend, BackendFactory, RouterFactory, fetch, free_port
 from whaleray_demo.backend import start_backend
 from whaleray_demo.dns import DemoDnsServer, SrvTarget
-
-
-async def get(session: aiohttp.ClientSession, router: Router, path: str) -> tuple[int, dict[str, object]]:
-    async with session.get(f"http://127.0.0.1:{router.port}{path}") as response:
-        return response.status, json.loads(await response.read())
 
 
 async def backends(session: aiohttp.ClientSession, router: Router, path: str, count: int) -> Counter[object]:
     """Which backend answered each of `count` sequential requests."""
     seen: Counter[object] = Counter()
     for _ in range(count):
-        seen[(await get(session, router, path))[1]["backend"]] += 1
+        seen[(await fetch(router, path, session=session)).json()["backend"]] += 1
     return seen
 
 
@@ -40,13 +34,13 @@ async def test_refresh_ahead_keeps_a_busy_name_hot_without_a_request_waiting(
     assert router.state is not None
     discovery = router.state.discovery
     async with aiohttp.ClientSession() as session:
-        assert (await get(session, router, "/services/busy/"))[0] == 200
+        assert (await fetch(router, "/services/busy/", session=session)).status == 200
         waits_before = discovery.stats.queries
         for _ in range(30):  # 3 s of steady traffic over a 1 s TTL
             await asyncio.sleep(0.1)
             entry = discovery.cache.fresh("busy", router.state.loop.time())
             assert entry is not None, "the entry expired: a request would have waited for DNS"
-            assert (await get(session, router, "/services/busy/"))[0] == 200
+            assert (await fetch(router, "/services/busy/", session=session)).status == 200
     assert discovery.stats.queries - waits_before >= 2  # refreshed in the background, repeatedly
     assert dns.query_count("busy") == discovery.stats.queries
 
@@ -59,19 +53,19 @@ async def test_flood_of_random_ids_is_held_to_the_budget_while_a_known_deploymen
     await backend("127.0.0.2")
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
-        assert (await get(session, router, "/services/real/"))[0] == 200
+        assert (await fetch(router, "/services/real/", session=session)).status == 200
         started = loop.time()
         codes: Counter[object] = Counter()
         real_statuses: list[int] = []
 
         async def attacker() -> None:
             for _ in range(8):
-                status, body = await get(session, router, f"/services/r{secrets.token_hex(6)}/")
-                codes[(status, body.get("code"))] += 1
+                reply = await fetch(router, f"/services/r{secrets.token_hex(6)}/", session=session)
+                codes[(reply.status, reply.json().get("code"))] += 1
 
         async def real_user() -> None:
             while loop.time() - started < 2.5:
-                real_statuses.append((await get(session, router, "/services/real/"))[0])
+                real_statuses.append((await fetch(router, "/services/real/", session=session)).status)
                 await asyncio.sleep(0.05)
 
         # 60 at a time: more than the queue for new names holds (20/s x 0.5 s), so some are refused at once.
@@ -94,8 +88,8 @@ async def all_at_once(
         dns.set_a(f"dep-{index}", ["127.0.0.2"])
     await backend("127.0.0.2")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
-        answers = await asyncio.gather(*(get(session, router, f"/services/dep-{i}/") for i in range(count)))
-    return [(status, body.get("code")) for status, body in answers]
+        answers = await asyncio.gather(*(fetch(router, f"/services/dep-{i}/", session=session) for i in range(count)))
+    return [(answer.status, answer.json().get("code")) for answer in answers]
 
 
 async def test_cold_start_queues_new_deployments_beyond_the_burst_instead_of_refusing_them(
@@ -124,10 +118,12 @@ async def test_cache_holds_no_more_than_its_bound(make_router: RouterFactory, dn
     router = await make_router("--dns-cache-size", "50", "--dns-max-qps", "1000")
     async with aiohttp.ClientSession() as session:
         for index in range(120):
-            await get(session, router, f"/services/scan-{index}/")
+            await fetch(router, f"/services/scan-{index}/", session=session)
     assert router.state is not None
     assert len(router.state.discovery.cache) <= 100  # 50 known + 50 unknown at most
-    assert repr(router.state.discovery.cache) == "<DnsCache [Known: 0/50 | Unknown: 50/50]>"
+    view = discovery_view(router.state)  # what /discovery shows
+    assert view["count"] == 50
+    assert {listed["state"] for listed in view["deployments"]} == {"negative"}  # no scanned name is known
 
 
 async def test_scan_cannot_evict_a_known_deployment(
@@ -137,10 +133,10 @@ async def test_scan_cannot_evict_a_known_deployment(
     dns.set_a("real", ["127.0.0.2"])
     await backend("127.0.0.2")
     async with aiohttp.ClientSession() as session:
-        assert (await get(session, router, "/services/real/"))[0] == 200
+        assert (await fetch(router, "/services/real/", session=session)).status == 200
         for index in range(50):
-            await get(session, router, f"/services/scan-{index}/")
-        assert (await get(session, router, "/services/real/"))[0] == 200
+            await fetch(router, f"/services/scan-{index}/", session=session)
+        assert (await fetch(router, "/services/real/", session=session)).status == 200
     assert dns.query_count("real") == 1
 
 
@@ -153,7 +149,7 @@ async def test_removed_address_gets_no_new_requests_and_its_idle_connections_clo
     await backend("127.0.0.3", name="kept")
     async with aiohttp.ClientSession() as session:
         for _ in range(4):
-            assert (await get(session, router, "/services/multi/"))[0] == 200
+            assert (await fetch(router, "/services/multi/", session=session)).status == 200
         assert router.state is not None
         assert idle_of(router.state, old) == 1  # what /discovery/multi shows
         dns.set_a("multi", ["127.0.0.3"], ttl=1)
@@ -240,8 +236,8 @@ async def test_srv_target_outside_the_allowed_networks_is_forbidden(
     dns.set_a("t.sneaky", ["127.0.0.5"])
     dns.set_srv("sneaky", [SrvTarget("t.sneaky.whaleray.local", 8080)])
     async with aiohttp.ClientSession() as session:
-        status, body = await get(session, router, "/services/sneaky/")
-    assert (status, body["code"]) == (502, "upstream_forbidden")
+        reply = await fetch(router, "/services/sneaky/", session=session)
+    assert (reply.status, reply.json()["code"]) == (502, "upstream_forbidden")
 
 
 async def test_queued_lookup_answers_resolver_busy_when_its_wait_runs_out(
@@ -254,4 +250,4 @@ async def test_queued_lookup_answers_resolver_busy_when_its_wait_runs_out(
     assert Counter(statuses) == {(200, None): 1, (503, "resolver_busy"): 4}
     assert dns.query_count() - dns.query_count(PROBE) == 1
     assert router.state is not None
-    assert "Waiting: 0" in repr(router.state.discovery)
+    assert discovery_view(router.state)["lookups"]["queued"] == 0  # the queued lookup left the queue

@@ -92,9 +92,10 @@ async def test_concurrent_requests_open_parallel_connections_then_reuse_them(
     assert instance.connection_count <= 8
 
 
-def closes_every_second_request(answered: list[int]) -> object:
+def closes_every_second_request(answered: list[int], hung_up: list[int] | None = None) -> object:
     """A backend that answers the first request of a connection, then closes as the next one arrives:
-    what a pooled connection looks like when the backend's keep-alive timer fires as the router sends."""
+    what a pooled connection looks like when the backend's keep-alive timer fires as the router sends.
+    `hung_up` counts the requests it hung up on: those the router sent on a pooled connection."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -102,6 +103,8 @@ def closes_every_second_request(answered: list[int]) -> object:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
         await reader.readuntil(b"\r\n\r\n")  # the second request: hang up without a byte
+        if hung_up is not None:
+            hung_up.append(1)
 
     return script
 
@@ -111,10 +114,14 @@ async def test_stale_pooled_connection_is_retried_on_a_fresh_one(
 ) -> None:
     dns.set_a("hello", ["127.0.0.2"])
     answered: list[int] = []
-    await scripted_backend("127.0.0.2", closes_every_second_request(answered))  # type: ignore[arg-type]
+    hung_up: list[int] = []
+    await scripted_backend("127.0.0.2", closes_every_second_request(answered, hung_up))  # type: ignore[arg-type]
     results = await get_many(router, "/services/hello/x", 5)
     assert [status for status, _ in results] == [200] * 5  # never a spurious 502
     assert len(answered) == 5
+    # Each request after the first went out on the pooled connection, was hung up on, and was retried on a
+    # fresh one: without pooling, every request would have had a fresh connection and nothing to retry.
+    assert len(hung_up) == 4
 
 
 async def test_non_idempotent_request_is_not_replayed(
@@ -190,10 +197,9 @@ async def test_body_arriving_in_pieces_is_relayed_whole_and_the_connection_reuse
             await reader.readuntil(b"\r\n\r\n")
             body = b"%d" % index * 30_000
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Index: %d\r\n\r\n" % (len(body), index))
-            for start in range(0, len(body), 7_000):
-                await writer.drain()
-                await asyncio.sleep(0.01)  # separate reads on the router's side
+            for start in range(0, len(body), 7_000):  # in pieces; test_byte_splits.py pins the read splits
                 writer.write(body[start : start + 7_000])
+                await writer.drain()
             await writer.drain()
 
     await scripted_backend("127.0.0.2", pieces)
@@ -214,12 +220,27 @@ async def test_bytes_past_a_relayed_body_make_the_connection_unusable(
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
         await writer.drain()
-        await asyncio.sleep(0.05)
         writer.write(b"0123456789HTTP/1.1 200 OK\r\n\r\n")  # the body, then what no request asked for
         await writer.drain()
         await reader.read()
 
+    async def exact(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted_exact
+        accepted_exact += 1
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+            await writer.drain()
+            writer.write(b"0123456789")
+            await writer.drain()
+
+    accepted_exact = 0
+    dns.set_a("exact", ["127.0.0.3"])
     await scripted_backend("127.0.0.2", overlong)
+    await scripted_backend("127.0.0.3", exact)
     results = await get_many(router, "/services/hello/", 2)
     assert results == [(200, b"0123456789")] * 2
     assert accepted == 2  # the first connection was not pooled after its extra bytes
+    # The same response without the extra bytes, in the same two writes: pooled and used again.
+    assert await get_many(router, "/services/exact/", 2) == [(200, b"0123456789")] * 2
+    assert accepted_exact == 1

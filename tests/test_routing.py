@@ -4,31 +4,11 @@ from __future__ import annotations
 
 import json
 
-import aiohttp
 import pytest
-from multidict import CIMultiDict
-from yarl import URL
 
 from router.app import Router
-from tests.support import PROBE, BackendFactory, RawBackendFactory, free_port, raw_request, status_of
+from tests.support import PROBE, BackendFactory, RawBackendFactory, fetch, free_port, raw_request, status_of
 from whaleray_demo.dns import DemoDnsServer, SrvTarget
-
-
-async def fetch(
-    router: Router, path: str, method: str = "GET", **kwargs: object
-) -> tuple[int, CIMultiDict[str], bytes]:
-    """One request with aiohttp's client; headers stay case-insensitive, as HTTP says they are."""
-    url = URL(f"http://127.0.0.1:{router.port}{path}", encoded=True)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(
-            method,
-            url,
-            allow_redirects=False,
-            **kwargs,  # type: ignore[arg-type]
-        ) as response,
-    ):
-        return response.status, CIMultiDict(response.headers), await response.read()
 
 
 async def test_routes_to_the_deployment_and_strips_the_prefix(

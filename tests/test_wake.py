@@ -17,12 +17,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiobotocore.session import get_session
-from multidict import CIMultiDict
 
 from router.app import Router
 from router.inspector import deployment_table
 from router.view import discovery_view
-from tests.support import BackendFactory, RouterFactory, free_port, moto_server, slow_app, view_of, wait_for
+from tests.support import BackendFactory, RouterFactory, fetch, free_port, moto_server, slow_app, view_of, wait_for
 from whaleray_demo.platform import PlatformStandIn, SleepingDeployment
 
 REGION = "eu-west-1"
@@ -97,15 +96,6 @@ async def actions(url: str) -> dict[str, int]:
         return counts
 
 
-async def get(router: Router, path: str, **kwargs: Any) -> tuple[int, CIMultiDict[str], bytes]:
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.get(f"http://127.0.0.1:{router.port}{path}", **kwargs) as response,
-    ):
-        return response.status, CIMultiDict(response.headers), await response.read()
-
-
 async def test_a_burst_to_a_sleeping_deployment_wakes_it_once_and_every_request_is_served(
     make_router: RouterFactory, stand_in: StandInFactory
 ) -> None:
@@ -134,7 +124,7 @@ async def test_a_burst_to_a_sleeping_deployment_wakes_it_once_and_every_request_
     assert view["addresses"][0]["address"].startswith("127.0.0.21:")
     assert router.metrics.wakes == {"woken": 1} and router.metrics.wake_updates == 1
     # Awake now: the next request is not held and carries no cold start.
-    status, headers, _ = await get(router, f"/services/{sleepy.deployment}/again")
+    status, headers, _ = await fetch(router, f"/services/{sleepy.deployment}/again")
     assert status == 200 and "X-WhaleRay-Cold-Start" not in headers
 
 
@@ -177,7 +167,7 @@ async def test_the_queue_cap_answers_503_with_retry_after_and_loses_nothing_else
     platform = await stand_in(delay_s=1.0)
     sleepy = await platform.add(SleepingDeployment(unique("capped"), "127.0.0.24"))
     router = await waking_router(make_router, platform, "--wake-queue", "5")
-    answers = await asyncio.gather(*(get(router, f"/services/{sleepy.deployment}/{i}") for i in range(8)))
+    answers = await asyncio.gather(*(fetch(router, f"/services/{sleepy.deployment}/{i}") for i in range(8)))
     statuses = sorted(status for status, _, _ in answers)
     assert statuses == [200] * 5 + [503] * 3
     for status, headers, body in answers:
@@ -192,7 +182,7 @@ async def test_a_wake_past_its_deadline_answers_504(make_router: RouterFactory, 
     platform = await stand_in(delay_s=3.0)
     sleepy = await platform.add(SleepingDeployment(unique("slow-start"), "127.0.0.25"))
     router = await waking_router(make_router, platform, "--wake-timeout", "0.5")
-    status, headers, body = await get(router, f"/services/{sleepy.deployment}/")
+    status, headers, body = await fetch(router, f"/services/{sleepy.deployment}/")
     error = json.loads(body)
     assert status == 504 and error["code"] == "wake_timeout"
     assert error["request_id"] == headers["X-Request-Id"]
@@ -206,7 +196,7 @@ async def test_an_id_outside_the_catalogue_makes_no_aws_call(
     router = await waking_router(make_router, platform, "--wake-catalogue-refresh", "600")
     before = await actions(platform.endpoint)
     for name in ("ghost", "nobody-here", "x1"):
-        status, _, body = await get(router, f"/services/{name}/")
+        status, _, body = await fetch(router, f"/services/{name}/")
         assert status == 502 and json.loads(body)["code"] == "deployment_not_found"
     assert await actions(platform.endpoint) == before
 
@@ -218,7 +208,7 @@ async def test_a_deployment_that_did_not_opt_in_is_not_woken(
     plain = await platform.add(SleepingDeployment(unique("plain"), "127.0.0.27", opted_in=False))
     router = await waking_router(make_router, platform)
     before = await actions(platform.endpoint)
-    status, _, body = await get(router, f"/services/{plain.deployment}/")
+    status, _, body = await fetch(router, f"/services/{plain.deployment}/")
     assert status == 502 and json.loads(body)["code"] == "deployment_not_found"
     after = await actions(platform.endpoint)
     assert after.get("UpdateService", 0) == before.get("UpdateService", 0)
@@ -236,7 +226,7 @@ async def test_a_running_deployment_that_dns_calls_nxdomain_is_served_and_never_
     await asyncio.wait_for(awake.started.wait(), 10)
     router = await waking_router(make_router, platform)
     before = await actions(platform.endpoint)
-    status, _, body = await get(router, f"/services/{awake.deployment}/")
+    status, _, body = await fetch(router, f"/services/{awake.deployment}/")
     assert status == 200 and json.loads(body)["backend"] == "127.0.0.28"
     after = await actions(platform.endpoint)
     assert after.get("UpdateService", 0) == before.get("UpdateService", 0)
@@ -244,7 +234,7 @@ async def test_a_running_deployment_that_dns_calls_nxdomain_is_served_and_never_
     assert router.metrics.wakes == {"already_awake": 1}
     # The DNS refresh's NXDOMAIN does not take the registry's address away while it is recent.
     for _ in range(3):
-        assert (await get(router, f"/services/{awake.deployment}/"))[0] == 200
+        assert (await fetch(router, f"/services/{awake.deployment}/"))[0] == 200
 
 
 async def test_a_client_that_leaves_while_held_is_dropped_from_the_queue(
@@ -278,11 +268,11 @@ async def test_a_dead_aws_endpoint_answers_503_while_other_deployments_serve(
         await platform.close()
     dns.set_a("steady", ["127.0.0.31"])
     await backend("127.0.0.31")
-    status, headers, body = await get(router, f"/services/{sleepy.deployment}/")
+    status, headers, body = await fetch(router, f"/services/{sleepy.deployment}/")
     error = json.loads(body)
     assert status == 503 and error["code"] == "wake_unavailable" and error["request_id"] == headers["X-Request-Id"]
-    assert (await get(router, "/services/steady/"))[0] == 200
-    assert (await get(router, "/health"))[0] == 200
+    assert (await fetch(router, "/services/steady/"))[0] == 200
+    assert (await fetch(router, "/health"))[0] == 200
     assert router.metrics.wakes == {"failed": 1}
 
 
@@ -294,8 +284,8 @@ async def test_the_idle_report_counts_requests_and_those_in_flight(
     busy = await platform.add(SleepingDeployment(unique("busy"), "127.0.0.32"), desired_count=1)
     await asyncio.wait_for(busy.started.wait(), 10)
     router = await waking_router(make_router, platform, "--idle-report", "0.5")
-    assert (await get(router, f"/services/{busy.deployment}/first"))[0] == 200
-    in_flight = asyncio.ensure_future(get(router, f"/services/{busy.deployment}/long"))
+    assert (await fetch(router, f"/services/{busy.deployment}/first"))[0] == 200
+    in_flight = asyncio.ensure_future(fetch(router, f"/services/{busy.deployment}/long"))
     statistics = await wait_for_statistics(moto_url, busy.deployment)
     assert statistics["Requests"] >= 1 and statistics["InFlight"] >= 1
     assert (await in_flight)[0] == 200

@@ -125,6 +125,11 @@ class Discovery:
         self._tasks: set[asyncio.Task[None]] = set()
         self.answered_once = False
 
+    @property
+    def queued(self) -> int:
+        """Lookups of new names waiting for the budget now (/discovery shows it)."""
+        return len(self._waiting)
+
     def cached(self, deployment: str, now: float) -> Entry | None:
         """The usable cached entry, or None (then await `resolve`). Starts a refresh when one is due."""
         entry = self.cache.fresh(deployment, now)
