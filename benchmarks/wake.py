@@ -126,8 +126,8 @@ def main() -> int:
     print("round  added (ms)  total (ms)  platform (ms)")
     for index, (added, total, platform) in enumerate(results, 1):
         print(f"{index:5}  {added * 1000:10.1f}  {total * 1000:10.1f}  {platform * 1000:13.1f}")
-    added = [result[0] * 1000 for result in results]
-    print(f"added: median {statistics.median(added):.1f} ms, max {max(added):.1f} ms")
+    added_ms = [result[0] * 1000 for result in results]
+    print(f"added: median {statistics.median(added_ms):.1f} ms, max {max(added_ms):.1f} ms")
     return 0
 
 
