@@ -21,6 +21,7 @@ from aiobotocore.session import get_session
 from router.app import Router
 from router.inspector import deployment_table
 from router.view import discovery_view
+from router.wake.waker import Waker
 from tests.support import BackendFactory, RouterFactory, fetch, free_port, moto_server, slow_app, view_of, wait_for
 from whaleray_demo.platform import PlatformStandIn, SleepingDeployment
 
@@ -84,10 +85,15 @@ async def waking_router(make_router: RouterFactory, platform: PlatformStandIn, *
         "--wake-cluster", platform.cluster, "--aws-endpoint-url", platform.endpoint, "--aws-region", REGION,
         "--wake-poll", "0.05", "--idle-report", "0", *extra,
     )  # fmt: skip
-    assert router.state is not None and router.state.waker is not None
-    catalogue = router.state.waker.catalogue
+    catalogue = waker_of(router).catalogue
     await wait_for(lambda: all(catalogue.lists(name) for name in platform.deployments))
     return router
+
+
+def waker_of(router: Router) -> Waker:
+    assert router.state is not None
+    assert router.state.waker is not None
+    return router.state.waker
 
 
 async def actions(url: str) -> dict[str, int]:
@@ -134,8 +140,7 @@ async def test_held_requests_keep_their_bodies_unread_until_sent(
     platform = await stand_in(delay_s=0.5)
     sleepy = await platform.add(SleepingDeployment(unique("ordered"), "127.0.0.22"))
     router = await waking_router(make_router, platform)
-    assert router.state is not None and router.state.waker is not None
-    waker = router.state.waker
+    waker = waker_of(router)
     requests = []
     for index in range(5):  # each one held before the next is sent
         body = bytes([index]) * (index * 200_000)
@@ -243,8 +248,7 @@ async def test_a_client_that_leaves_while_held_is_dropped_from_the_queue(
     platform = await stand_in(delay_s=2.0)
     sleepy = await platform.add(SleepingDeployment(unique("leaver"), "127.0.0.29"))
     router = await waking_router(make_router, platform)
-    assert router.state is not None and router.state.waker is not None
-    waker = router.state.waker
+    waker = waker_of(router)
     reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
     writer.write(f"GET /services/{sleepy.deployment}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     await wait_for(lambda: waker.held == 1)
@@ -254,6 +258,7 @@ async def test_a_client_that_leaves_while_held_is_dropped_from_the_queue(
     assert "wake: waking, wake started" in "\n".join(deployment_table(view_of(router, sleepy.deployment)))
     writer.close()
     await wait_for(lambda: waker.held == 0)
+    assert router.state is not None
     assert router.state.inflight == 0
     del reader
 

@@ -18,9 +18,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-if TYPE_CHECKING:
-    from router.wake.waker import Waker
-
 from mypy_extensions import trait
 
 from router.access_log import AccessLog
@@ -30,6 +27,9 @@ from router.limits import DeploymentLimits
 from router.metrics import Metrics
 from router.proxy.connector import Connector
 from router.settings import Settings
+
+if TYPE_CHECKING:  # at run time the data plane does not import the waker: see benchmarks/README.md
+    from router.wake.waker import Waker
 
 _HEX_PAIRS: Final[tuple[bytes, ...]] = tuple(b"%02x" % value for value in range(256))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any, Final
 
 from aiobotocore.config import AioConfig
@@ -156,7 +157,7 @@ class AwsPlatform:
 
 
 @contextlib.contextmanager
-def _failures(action: str) -> Any:
+def _failures(action: str) -> Iterator[None]:
     """Whatever the SDK raises (client errors, timeouts, connection failures) becomes PlatformError."""
     try:
         yield

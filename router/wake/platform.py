@@ -52,12 +52,12 @@ class Platform(Protocol):
     async def close(self) -> None: ...
 
 
+MAX_WAKE_COUNT: Final = 10
+
+
 def wake_count_of(value: str | None) -> int:
     """WAKE_TAG's value as a count: a whole number from 1, else 0 (not opted in). Bounded: a typo must not start
     a fleet."""
     if value is None or not value.strip().isdigit():
         return 0
     return min(int(value), MAX_WAKE_COUNT)
-
-
-MAX_WAKE_COUNT: Final = 10

@@ -91,7 +91,7 @@ class Waker:
         wake = self._wakes.get(deployment)
         if wake is None:
             wake = self._wakes[deployment] = Wake(deployment)
-        if wake.state == AWAKE and self._clock() - wake.found_at < REGISTRY_TRUST_S:
+        if self._registry_trusted(wake):
             return self._discovery.adopt(deployment, wake.addresses)
         settings = self._settings
         if len(wake.held) >= settings.wake_queue or self.held >= settings.wake_max_held:
@@ -114,9 +114,11 @@ class Waker:
         """The addresses the registry recently showed for `deployment`: the DNS cache keeps them over a resolver's
         NXDOMAIN (its negative cache may outlive the wake by the namespace's negative TTL)."""
         wake = self._wakes.get(deployment)
-        if wake is None or wake.state != AWAKE or self._clock() - wake.found_at >= REGISTRY_TRUST_S:
-            return ()
-        return wake.addresses
+        return wake.addresses if wake is not None and self._registry_trusted(wake) else ()
+
+    def _registry_trusted(self, wake: Wake) -> bool:
+        """Awake, and the registry showed its addresses less than REGISTRY_TRUST_S ago."""
+        return wake.state == AWAKE and self._clock() - wake.found_at < REGISTRY_TRUST_S
 
     async def _wake(self, wake: Wake) -> None:
         wake.state = WAKING
@@ -178,10 +180,9 @@ class Waker:
         """The healthy registered addresses inside the allowed networks that accept a connection now. Raises
         RouterError upstream_forbidden when every registered address is outside them."""
         instances = await self._platform.healthy_instances(deployment)
-        allowed = tuple(self._address(instance) for instance in instances)
-        allowed = tuple(
-            address for address in allowed if address_allowed(address[0], self._settings.upstream_allow_cidrs)
-        )
+        registered = tuple(self._address(instance) for instance in instances)
+        networks = self._settings.upstream_allow_cidrs
+        allowed = tuple(address for address in registered if address_allowed(address[0], networks))
         if instances and not allowed:
             log.warning("registered addresses outside allowed networks", extra={"deployment": deployment})
             raise RouterError("upstream_forbidden")
@@ -213,7 +214,7 @@ class Waker:
             return None
         now = self._clock()
         state = wake.state
-        if state == AWAKE and now - wake.found_at >= REGISTRY_TRUST_S:
+        if state == AWAKE and not self._registry_trusted(wake):
             state = "awake (registry answer expired)"
         return {
             "state": state,
