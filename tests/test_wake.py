@@ -242,10 +242,13 @@ async def test_a_running_deployment_that_dns_calls_nxdomain_is_served_and_never_
         assert (await fetch(router, f"/services/{awake.deployment}/"))[0] == 200
 
 
+@pytest.mark.parametrize("leaves_by", ["close", "half-close"])
 async def test_a_client_that_leaves_while_held_is_dropped_from_the_queue(
-    make_router: RouterFactory, stand_in: StandInFactory
+    make_router: RouterFactory, stand_in: StandInFactory, leaves_by: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    platform = await stand_in(delay_s=2.0)
+    """Dropped at once, while the wake goes on: its place in the queue and its in-flight count are given back,
+    the connection is closed without an answer, and the access log has 499."""
+    platform = await stand_in(delay_s=60.0)  # still waking when the test ends: only the client's leaving frees it
     sleepy = await platform.add(SleepingDeployment(unique("leaver"), "127.0.0.29"))
     router = await waking_router(make_router, platform)
     waker = waker_of(router)
@@ -256,11 +259,21 @@ async def test_a_client_that_leaves_while_held_is_dropped_from_the_queue(
         "state": "waking", "age_s": 0, "held": 1, "addresses": []
     }  # fmt: skip
     assert "wake: waking, wake started" in "\n".join(deployment_table(view_of(router, sleepy.deployment)))
-    writer.close()
+    if leaves_by == "close":
+        writer.close()
+    else:
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the router, nothing answered
+        writer.close()
     await wait_for(lambda: waker.held == 0)
+    assert view_of(router, sleepy.deployment)["wake"]["state"] == "waking"
     assert router.state is not None
-    assert router.state.inflight == 0
-    del reader
+    await wait_for(lambda: router.state is not None and router.state.inflight == 0)
+    assert {status: count for (_, status), count in router.metrics.requests.items()} == {499: 1}
+    await asyncio.sleep(0.3)  # the access log's writer flushes every 0.1 s
+    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    [logged] = [line for line in lines if line.get("deployment") == sleepy.deployment]
+    assert logged["status"] == 499 and logged["held_ms"] > 0
 
 
 async def test_a_dead_aws_endpoint_answers_503_while_other_deployments_serve(

@@ -29,7 +29,7 @@ from router.proxy.client_side import (
     ReadGate,
 )
 from router.proxy.exchange import Exchange
-from router.proxy.phase import DONE, RECEIVING_HEAD
+from router.proxy.phase import DONE, HELD, RECEIVING_HEAD
 from router.proxy.server import Connection, ServerState
 from router.proxy.upstream import UpstreamConnection, not_connected
 
@@ -98,9 +98,15 @@ class ClientConnection(asyncio.Protocol, ClientSide, Connection):
 
     def eof_received(self) -> bool | None:
         """The client half-closed: it sends nothing more but may still read. Answer what it asked (a request
-        cut short gets 400), then close; keeping the write side open is what returning True asks for."""
+        cut short gets 400), then close; keeping the write side open is what returning True asks for.
+
+        Except while its request is held for a wake: a FIN cannot tell a half-close from a client that left, and
+        a wake may take minutes, so the request gives up its place in the queue (HAProxy's `abortonclose` for
+        queued requests; Nginx treats any FIN before the answer so): the connection closes, logged 499."""
         if self._tunnel is not None or self._closing:
             return None
+        if self._active is not None and self._active.phase == HELD:
+            return None  # the transport closes; connection_lost abandons the held request and any behind it
         self._raw_body = False
         if self._parsing is not None:
             self._on_parse_error("bad_request")

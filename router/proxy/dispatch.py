@@ -10,7 +10,6 @@ deployment wakes (an NXDOMAIN for a deployment the waker's catalogue lists).
 from __future__ import annotations
 
 import math
-import time
 
 from router.discovery.cache import Entry, EntryKind
 from router.errors import RouterError
@@ -66,11 +65,7 @@ async def _wake_then_acquire(exchange: Exchange) -> None:
     waker = state.waker
     assert waker is not None
     exchange.hold_for_wake()
-    held_at = time.perf_counter()
-    try:
-        entry = await waker.hold(exchange.deployment)  # RouterError (queue full, timeout...): the task answers it
-    finally:
-        exchange.note_held(time.perf_counter() - held_at)
+    entry = await waker.hold(exchange.deployment)  # RouterError (queue full, timeout...): the task answers it
     exchange.woke()
     _proceed(exchange, entry, state.clock())
 

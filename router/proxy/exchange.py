@@ -75,7 +75,7 @@ class Exchange:
     __slots__ = (
         "conn", "state", "phase", "target", "headers", "method", "http_minor", "keep_alive", "info", "error",
         "request_id", "deployment", "upstream_target", "body", "framing", "upstream", "address", "reused",
-        "retried", "close_after", "task", "record", "held_s", "_backend_deadline", "_backend_stalled_at",
+        "retried", "close_after", "task", "record", "held_s", "_held_at", "_backend_deadline", "_backend_stalled_at",
     )  # fmt: skip
 
     def __init__(self, conn: ClientSide, state: ServerState) -> None:
@@ -104,6 +104,7 @@ class Exchange:
         # How long it was held while its deployment woke (X-WhaleRay-Cold-Start, the access log); 0: not held.
         # Kept here, not in the record: the exchange's object has room for it, the record's would grow a size class.
         self.held_s = 0.0
+        self._held_at = 0.0  # when the hold began (perf_counter), while HELD
         self._backend_deadline = 0.0  # the backend's response head or next bytes are due by then; 0: none
         self._backend_stalled_at = 0.0  # when the backend stopped taking the request body; 0: it takes it
 
@@ -211,18 +212,20 @@ class Exchange:
         """Its deployment is asleep: wait while it wakes (router/wake), reading no more of the body, so a held
         request costs no memory per byte (the client's body timeout does not run while reading is paused)."""
         self._enter(HELD)
+        self._held_at = time.perf_counter()
         if not self.body.complete:
             self.conn.pause(PAUSE_NO_UPSTREAM)
 
     def woke(self) -> None:
         """Its deployment woke: route it again, through the limits and the pool like any request. It counts
         under its deployment's own label from here on, as a resolved request does."""
+        self._stop_holding()
         self._enter(ROUTING)
         self.record.resolved = True
 
-    def note_held(self, seconds: float) -> None:
-        """How long it was held, woken or not: its cold start, for the client and the access log."""
-        self.held_s = seconds
+    def _stop_holding(self) -> None:
+        """Woken, refused or abandoned: how long it was held is its cold start (for the client and the log)."""
+        self.held_s = time.perf_counter() - self._held_at
 
     def acquire(self, entry: Entry, address: Address | None, *, fresh_only: bool = False) -> None:
         """The one way this request gets a backend connection: an idle pooled one at once, inside the parser
@@ -584,6 +587,8 @@ class Exchange:
     def _end(self, phase: int) -> None:
         """DONE or ABANDONED: give back what a started exchange holds. The one place the counts go down."""
         started = self.phase >= REFUSED
+        if self.phase == HELD:
+            self._stop_holding()
         self._enter(phase)
         if not started:
             return
