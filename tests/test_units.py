@@ -20,7 +20,7 @@ from router.discovery.resolver import SrvTarget
 from router.discovery.service import address_allowed, plan_srv
 from router.options import _cidrs
 from router.proxy.client import request_line_minor
-from router.proxy.headers import HeaderError, analyse_request, analyse_response, upstream_head
+from router.proxy.headers import HeaderError, analyse_request, analyse_response, request_refusal, upstream_head
 from router.proxy.pool import ConnectionPool
 from router.proxy.route import RouteKind, parse_target
 
@@ -108,6 +108,34 @@ def test_heads_the_router_refuses(extra: tuple[bytes, bytes]) -> None:
 def test_transfer_encoding_on_http_1_0_is_refused() -> None:
     with pytest.raises(HeaderError):
         analyse_request([(b"Transfer-Encoding", b"chunked")], 0)
+
+
+UPGRADE_TO = [(b"Connection", b"upgrade"), (b"Upgrade", b"websocket")]
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "refusal"),
+    [
+        (b"GET", [], None),
+        (b"CONNECT", [], "method_not_allowed"),
+        (b"GET", UPGRADE_TO, None),
+        (b"POST", [*UPGRADE_TO, (b"Content-Length", b"1")], "bad_request"),
+        (b"POST", [*UPGRADE_TO, (b"Transfer-Encoding", b"chunked")], "bad_request"),
+        (b"POST", [(b"Upgrade", b"websocket"), (b"Content-Length", b"1")], None),  # no Connection: upgrade, a hint
+        (b"POST", [(b"Content-Length", b"100")], None),
+        (b"POST", [(b"Content-Length", b"101")], "body_too_large"),
+        (b"POST", [(b"Transfer-Encoding", b"chunked")], None),  # no length to refuse yet: counted as it comes
+    ],
+)
+def test_well_formed_heads_the_router_still_refuses(
+    method: bytes, extra: list[tuple[bytes, bytes]], refusal: str | None
+) -> None:
+    assert request_refusal(method, analyse_request([(b"Host", b"h"), *extra], 1), max_body_bytes=100) == refusal
+
+
+def test_without_a_body_cap_no_length_is_too_large() -> None:
+    info = analyse_request([(b"Host", b"h"), (b"Content-Length", b"%d" % 2**40)], 1)
+    assert request_refusal(b"POST", info, max_body_bytes=0) is None
 
 
 def test_connection_cannot_strip_host() -> None:

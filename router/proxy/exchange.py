@@ -38,6 +38,7 @@ from router.proxy.headers import (
     analyse_request,
     analyse_response,
     local_head,
+    request_refusal,
     response_framing,
     response_head,
     upstream_head,
@@ -146,20 +147,14 @@ class Exchange:
             return
         self.info = info
         self.request_id = info.request_id or self.state.next_request_id()
-        body_expected = info.chunked or bool(info.content_length)
-        if not body_expected:
+        if not (info.chunked or info.content_length):
             self.body.finish()
         # A fragment is never forwarded (RFC 9112 3.2). 0x23 is '#': `b"#" in` raises and clears a TypeError.
         if 0x23 in self.target:
             self.target = self.target.partition(b"#")[0]
-        limit = self.state.settings.max_body_bytes
-        if self.method == b"CONNECT":
-            self.refuse("method_not_allowed")
-        elif info.upgrade is not None and body_expected:
-            # Where would the body end and the tunnel begin? Handshakes (WebSocket, h2c) carry no body.
-            self.refuse("bad_request")
-        elif limit and info.content_length is not None and info.content_length > limit:
-            self.refuse("body_too_large")
+        refusal = request_refusal(self.method, info, self.state.settings.max_body_bytes)
+        if refusal is not None:
+            self.refuse(refusal)
 
     def refuse(self, code: str) -> None:
         """Answer `code` when this exchange starts, then close the connection. An exchange the client connection

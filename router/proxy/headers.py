@@ -93,6 +93,17 @@ def analyse_request(headers: list[tuple[bytes, bytes]], http_minor: int) -> Requ
     return result
 
 
+def request_refusal(method: bytes, info: RequestHeaders, max_body_bytes: int) -> str | None:
+    """The error code a well-formed request head is still refused with, or None. `max_body_bytes`: 0, no cap."""
+    if method == b"CONNECT":
+        return "method_not_allowed"
+    if info.upgrade is not None and (info.chunked or info.content_length):
+        return "bad_request"  # where would the body end and the tunnel begin? Handshakes (WebSocket, h2c) have none
+    if max_body_bytes and info.content_length is not None and info.content_length > max_body_bytes:
+        return "body_too_large"
+    return None
+
+
 def _note_special(result: RequestHeaders, lower: bytes, name: bytes, value: bytes) -> None:
     if lower == b"transfer-encoding":
         result.chunked = True  # llhttp accepts only a final `chunked` on requests
