@@ -6,8 +6,8 @@ from __future__ import annotations
 
 class RequestRecord:
     __slots__ = (
-        "admitted", "bytes_out", "connect_s", "counted", "dns", "error_code", "header_s",
-        "resolved", "sent_at", "started_at", "status",
+        "admitted", "bytes_out", "connect_s", "counted", "dns", "error_code", "header_s", "resolved", "sent_at",
+        "started_at", "status",
     )  # fmt: skip
 
     def __init__(self) -> None:

@@ -79,8 +79,3 @@ class Catalogue:
             return known[0]
         self._counts[deployment] = (count, now)
         return count
-
-    def opted_in(self, deployment: str) -> bool | None:
-        """What is known without I/O: True or False from the last tag reading, None when never read."""
-        known = self._counts.get(deployment)
-        return None if known is None else known[0] > 0
