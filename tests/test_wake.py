@@ -21,7 +21,7 @@ from aiobotocore.session import get_session
 from router.app import Router
 from router.inspector import deployment_table
 from router.view import discovery_view
-from router.wake.waker import Waker
+from router.wake.waker import MIN_UPDATE_INTERVAL_S, Waker
 from tests.support import BackendFactory, RouterFactory, fetch, free_port, moto_server, slow_app, view_of, wait_for
 from whaleray_demo.platform import PlatformStandIn, SleepingDeployment
 
@@ -309,13 +309,15 @@ async def test_the_idle_report_counts_requests_and_those_in_flight(
     assert (await in_flight)[0] == 200
 
 
-async def wait_for_statistics(url: str, deployment: str) -> dict[str, float]:
-    """The largest value each of the router's two metrics reached for `deployment`, once both reached 1."""
+async def wait_for_statistics(
+    url: str, deployment: str, metrics: tuple[str, ...] = ("Requests", "InFlight")
+) -> dict[str, float]:
+    """The largest value each of the router's `metrics` reached for `deployment`, once each reached 1."""
     found: dict[str, float] = {}
     async with get_session().create_client("cloudwatch", endpoint_url=url, region_name=REGION) as cloudwatch:
 
-        async def both_seen() -> bool:
-            for metric in ("Requests", "InFlight"):
+        async def all_seen() -> bool:
+            for metric in metrics:
                 answer = await cloudwatch.get_metric_statistics(
                     Namespace="WhaleRay/Router", MetricName=metric,
                     Dimensions=[{"Name": "DeploymentId", "Value": deployment}],
@@ -324,10 +326,30 @@ async def wait_for_statistics(url: str, deployment: str) -> dict[str, float]:
                 points = [point["Maximum"] for point in answer["Datapoints"]]
                 if points:
                     found[metric] = max(points)
-            return found.get("Requests", 0) >= 1 and found.get("InFlight", 0) >= 1
+            return all(found.get(metric, 0) >= 1 for metric in metrics)
 
-        await wait_for(both_seen, 10)
+        await wait_for(all_seen, 10)
     return found
+
+
+async def test_a_wake_lowered_to_zero_before_its_task_started_is_raised_again(
+    make_router: RouterFactory, stand_in: StandInFactory, moto_url: str
+) -> None:
+    """While a deployment sleeps its idle alarm is in ALARM, and Application Auto Scaling invokes the alarm's policy
+    every minute until a report of the wake reaches it: it may set the count back to 0 before the task started.
+    The router reports the held request in flight as it wakes, and raises the count again when it fell back."""
+    platform = await stand_in(delay_s=1.0)
+    sleepy = await platform.add(SleepingDeployment(unique("lowered"), "127.0.0.33"))
+    router = await waking_router(make_router, platform, "--idle-report", "600")  # no periodic report in the test
+    answer = asyncio.ensure_future(fetch(router, f"/services/{sleepy.deployment}/"))
+    await wait_for(lambda: router.metrics.wake_updates == 1)
+    assert (await wait_for_statistics(moto_url, sleepy.deployment, ("InFlight",)))["InFlight"] == 1
+    await platform.set_desired_count(sleepy.deployment, 0)  # the alarm's policy, within the task's start delay
+    status, headers, body = await asyncio.wait_for(answer, 30)
+    assert status == 200 and json.loads(body)["backend"] == "127.0.0.33"
+    assert float(headers["X-WhaleRay-Cold-Start"]) >= MIN_UPDATE_INTERVAL_S  # raised again after the interval
+    assert router.metrics.wake_updates == 2 and router.metrics.wakes == {"woken": 1}
+    assert sleepy.starts == 1 and await platform.desired_count(sleepy.deployment) == 1
 
 
 async def test_without_credentials_waking_is_off_and_said_once(

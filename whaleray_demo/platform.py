@@ -1,10 +1,10 @@
 """What ECS and Cloud Map do for a deployment that moto, playing AWS's APIs on loopback, does not: start tasks.
 
 `PlatformStandIn` watches the ECS services of the deployments it is given. When a service's desired count rises
-from zero, it starts the deployment's backend after `start_delay_s` (a task's start), registers it in moto's
-Cloud Map (healthy), and, when `dns` is given, adds its A record to the DNS server standing in for Cloud Map's
-DNS. When the desired count falls to zero, it deregisters and stops the backend. Used by `make demo` (a
-deployment asleep until its first request) and by tests/test_wake.py.
+from zero, it starts the deployment's backend after `start_delay_s` (a task's start; none when the count fell
+back to zero meanwhile), registers it in moto's Cloud Map (healthy), and, when `dns` is given, adds its A record
+to the DNS server standing in for Cloud Map's DNS. When the desired count falls to zero, it deregisters and
+stops the backend. Used by `make demo` (a deployment asleep until its first request) and by tests/test_wake.py.
 """
 
 from __future__ import annotations
@@ -119,6 +119,11 @@ class PlatformStandIn:
         answer = await self._ecs.describe_services(cluster=self.cluster, services=[self.service_prefix + deployment])
         return int(answer["services"][0]["desiredCount"])
 
+    async def set_desired_count(self, deployment: str, count: int) -> None:
+        """What Application Auto Scaling does when the idle alarm fires (moto cannot fire it)."""
+        service = self.service_prefix + deployment
+        await self._ecs.update_service(cluster=self.cluster, service=service, desiredCount=count)
+
     async def _watch(self) -> None:
         while True:
             for deployment in list(self.deployments.values()):
@@ -132,6 +137,9 @@ class PlatformStandIn:
         if desired > 0 and deployment.stop is None:
             deployment.raised_at = time.monotonic()
             await asyncio.sleep(self.start_delay_s)  # the task starting
+            if await self.desired_count(deployment.deployment) == 0:  # lowered meanwhile: ECS stops the task
+                log.info("platform stand-in: %s lowered to 0 before its task started", deployment.deployment)
+                return
             deployment.stop = await self.start_backend(deployment.host)
             deployment.starts += 1
             await self._registry.register_instance(

@@ -8,7 +8,9 @@ request is held here and one wake per deployment starts (`Wake`, its state and i
    resolver's negative cache, is served at once;
 2. its opt-in tag gives the count to wake to (not opted in: answered as today, deployment_not_found);
 3. DescribeServices: only a desired count of 0 is raised (UpdateService), never a running service lowered, and
-   no more often than MIN_UPDATE_INTERVAL_S a deployment;
+   no more often than MIN_UPDATE_INTERVAL_S a deployment; the held requests are reported in flight first (the
+   idle signal, idle.py), and the count is checked again every MIN_UPDATE_INTERVAL_S while no task is up, in
+   case the idle alarm lowered it meanwhile;
 4. DiscoverInstances every --wake-poll until a healthy instance's address, inside the allowed networks,
    accepts a connection: ECS counts say nothing of readiness;
 5. the addresses replace the name's negative entry in the DNS cache (`Discovery.adopt`), and the held
@@ -35,7 +37,7 @@ from router.errors import RouterError
 from router.metrics import Metrics
 from router.settings import Settings
 from router.wake.catalogue import Catalogue
-from router.wake.platform import Instance, Platform, PlatformError
+from router.wake.platform import Instance, Platform, PlatformError, Usage
 
 log = logging.getLogger("router.wake")
 
@@ -158,23 +160,47 @@ class Waker:
         count = await self.catalogue.wake_count(deployment)
         if count == 0:
             return "not_opted_in", RouterError("deployment_not_found")
-        service = self._settings.wake_service_prefix + deployment
-        result = "woken_elsewhere"  # another router, or ECS itself, already raised the count
-        if await self._platform.desired_count(service) == 0:
-            now = self._clock()
-            if now - wake.updated_at >= MIN_UPDATE_INTERVAL_S:
-                wake.updated_at = now
-                await self._platform.set_desired_count(service, count)
-                self.metrics.wake_updates += 1
-                log.info("waking deployment", extra={"deployment": deployment, "desired_count": count})
-                result = "woken"
+        # Another router, or ECS itself, may have raised the count already.
+        result = "woken" if await self._raise_if_asleep(wake, count) else "woken_elsewhere"
         deadline = wake.started_at + self._settings.wake_timeout_s
+        checked_at = self._clock()
         while not addresses:
             if self._clock() >= deadline:
                 return "timeout", RouterError("wake_timeout")
             await asyncio.sleep(self._settings.wake_poll_s)
             addresses = await self._ready_addresses(deployment)
+            if not addresses and self._clock() - checked_at >= MIN_UPDATE_INTERVAL_S:
+                # Lowered to 0 again before a task came up: the idle alarm stays in ALARM until a report of this
+                # wake reaches it, and Application Auto Scaling invokes its policy every minute meanwhile.
+                checked_at = self._clock()
+                await self._raise_if_asleep(wake, count)
         return result, self._adopt(wake, addresses)
+
+    async def _raise_if_asleep(self, wake: Wake, count: int) -> bool:
+        """Raise the desired count to `count` when it is 0, at most once per MIN_UPDATE_INTERVAL_S: whether it
+        did. The held requests are reported in flight first, so the idle alarm leaves ALARM at its next look."""
+        service = self._settings.wake_service_prefix + wake.deployment
+        if await self._platform.desired_count(service) != 0:
+            return False
+        now = self._clock()
+        if now - wake.updated_at < MIN_UPDATE_INTERVAL_S:
+            return False
+        wake.updated_at = now
+        await self._report_held(wake)
+        await self._platform.set_desired_count(service, count)
+        self.metrics.wake_updates += 1
+        log.info("waking deployment", extra={"deployment": wake.deployment, "desired_count": count})
+        return True
+
+    async def _report_held(self, wake: Wake) -> None:
+        """The idle signal, now rather than at the next --idle-report: this deployment has requests in flight."""
+        if not self._settings.idle_report_s:
+            return
+        try:
+            await self._platform.report_usage({wake.deployment: Usage(requests=0, inflight=max(1, len(wake.held)))})
+        except PlatformError as error:  # the periodic report follows; the wake goes on
+            log.warning("wake not reported to the idle signal", extra={"deployment": wake.deployment,
+                                                                        "detail": str(error)})  # fmt: skip
 
     async def _ready_addresses(self, deployment: str) -> tuple[Address, ...]:
         """The healthy registered addresses inside the allowed networks that accept a connection now. Raises

@@ -3,7 +3,10 @@
 # routers publish both per opted-in deployment (router/wake/idle.py; namespace WhaleRay/Router, dimension
 # DeploymentId): a long request in flight keeps its deployment awake, and since a wake always comes with a
 # request, idle_minutes is also the least time a deployment stays awake. Missing data (no router reported any
-# request) counts as idle. The router wakes the service again (UpdateService) on its next request.
+# request) counts as idle. The router wakes the service again (UpdateService) on its next request, reporting
+# the held requests in flight first: the alarm stays in ALARM while the service sleeps, and Application Auto
+# Scaling invokes the policy every minute it stays there, so the report takes it out of ALARM (and the router
+# raises the count again if the policy set 0 before a task came up).
 
 resource "aws_appautoscaling_target" "sleep" {
   count              = local.wake ? 1 : 0
